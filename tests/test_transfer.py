@@ -1,0 +1,144 @@
+"""The optimisation loop end to end with the real VGG19 weights, on small images."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine import images
+from engine.config import TransferConfig
+from engine.device import estimate_peak_bytes
+from engine.errors import InputError
+from engine.transfer import transfer
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
+
+
+@pytest.fixture(scope="module")
+def content() -> Image.Image:
+    return images.resize_long_side(images.load_image(SHARED / "content/tubingen.jpg"), 96)
+
+
+@pytest.fixture(scope="module")
+def style() -> Image.Image:
+    return images.resize_long_side(images.load_image(SHARED / "style/starry_night.jpg"), 96)
+
+
+def _structure_correlation(a: Image.Image, b: Image.Image) -> float:
+    """Pearson correlation of two images' blurred greyscale (24×18 px): do they show the same scene?
+
+    Independent of VGG19, so it checks the content survives in pixels, not only in the cost we optimise.
+    """
+    small = [np.asarray(im.convert("L").resize((24, 18), Image.Resampling.BOX), dtype=float).ravel() for im in (a, b)]
+    return float(np.corrcoef(*small)[0, 1])
+
+
+@pytest.mark.slow
+def test_style_cost_falls_by_a_large_factor_and_content_stays_recognisable(content, style):
+    # 96 px from white noise, single scale, β scaled to this size (J_content grows with the pixel count).
+    # Measured on this pair (seeds 0 and 3): style falls 5.5-5.8x, content 6.2x; G's style cost is 0.29x
+    # the content photo's own; structure correlation 0.35 with Tübingen, <= 0.15 with other photos.
+    config = TransferConfig(size=96, steps=80, coarse_levels=0, beta=3e4, seed=3)
+    reports = []
+    result = transfer(content, [style], config, on_step=reports.append, device="cpu")
+    first, last = reports[0].costs, result.costs
+    assert last["style"] < first["style"] / 4
+    assert last["content"] < first["content"] / 4
+    photo = []
+    transfer(content, [style], config.replace(init="content", steps=1), on_step=photo.append, device="cpu")
+    assert last["style"] < 0.5 * photo[0].costs["style"]  # G's style is much nearer S than C's is
+
+    others = [images.load_image(SHARED / f"content/{name}") for name in ("golden_gate.jpg", "hoovertowernight.jpg")]
+    own = _structure_correlation(result.image, content)
+    assert own > 0.25
+    assert all(own > _structure_correlation(result.image, other) + 0.1 for other in others)
+    assert result.steps_done == 80 and result.stopped is None
+
+
+def test_step_callback_gets_every_cost_as_floats_and_the_image_on_request(content, style):
+    reports = []
+    config = TransferConfig(size=32, steps=3, style_layers={"relu1_1": 1, "relu2_1": 0.5}, tv_weight=1e-3)
+    transfer(content, [style], config, on_step=reports.append, device="cpu")
+    assert [r.step for r in reports] == [1, 2, 3]
+    expected = {"total", "content", "style", "tv", "style/relu1_1", "style/relu2_1"}
+    for r in reports:
+        assert set(r.costs) == expected and all(isinstance(v, float) for v in r.costs.values())
+        c = r.costs
+        assert c["style"] == pytest.approx(c["style/relu1_1"] + 0.5 * c["style/relu2_1"], rel=1e-5)
+        assert c["total"] == pytest.approx(c["content"] + config.beta * c["style"] + 1e-3 * c["tv"], rel=1e-5)
+    assert reports[-1].image().size == (32, 24)
+
+
+def test_runs_are_reproducible_for_a_seed_on_the_cpu(content, style):
+    config = TransferConfig(size=32, steps=4, seed=7)
+    a = transfer(content, [style], config, device="cpu")
+    b = transfer(content, [style], config, device="cpu")
+    c = transfer(content, [style], config.replace(seed=8), device="cpu")
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert a.costs == b.costs
+    assert not np.array_equal(np.asarray(a.image), np.asarray(c.image))
+
+
+def test_cancel_stops_cleanly_with_the_best_image_so_far(content, style):
+    seen = []
+    result = transfer(
+        content, [style], TransferConfig(size=32, steps=50), on_step=seen.append,
+        should_stop=lambda: len(seen) >= 5, device="cpu",
+    )  # fmt: skip
+    assert result.stopped == "cancelled" and result.steps_done == 5
+    assert result.costs["total"] == min(r.costs["total"] for r in seen)
+    assert result.image.size == (32, 24)
+
+
+def test_adam_lowers_the_cost_and_keeps_pixels_in_range(content, style):
+    reports = []
+    result = transfer(content, [style], TransferConfig(size=32, steps=15, optimizer="adam", lr=0.05),
+                      on_step=reports.append, device="cpu")  # fmt: skip
+    assert reports[-1].costs["total"] < reports[0].costs["total"] * 0.8
+    assert result.image.mode == "RGB"
+
+
+def test_coarse_to_fine_runs_each_scale_and_ends_at_the_output_size(content, style):
+    reports = []
+    config = TransferConfig(size=128, steps=2, coarse_levels=2, coarse_steps=3)
+    result = transfer(content, [style], config, on_step=reports.append, device="cpu")
+    assert [r.size[0] for r in reports] == [32] * 3 + [64] * 3 + [128] * 2
+    assert [r.step for r in reports] == list(range(1, 9))
+    assert result.image.size == (128, 96)
+
+
+def test_content_init_starts_at_the_content_cost_of_zero(content, style):
+    reports = []
+    transfer(content, [style], TransferConfig(size=32, steps=1, init="content"), on_step=reports.append, device="cpu")
+    assert reports[0].costs["content"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_preserving_colours_keeps_the_contents_chroma(content, style):
+    result = transfer(content, [style], TransferConfig(size=32, steps=5, preserve_colors=True), device="cpu")
+    c = images.rgb_to_yiq(images.image_to_tensor(images.resize_long_side(content, 32)))
+    g = images.rgb_to_yiq(images.image_to_tensor(result.image))
+    # I and Q come from the content (up to 8-bit rounding and clamping); Y is the stylised one.
+    assert (g[:, 1:] - c[:, 1:]).abs().mean() < 0.02
+    assert (g[:, :1] - c[:, :1]).abs().mean() > 0.02
+
+
+def test_several_style_images_blend_and_need_matching_weights(content, style):
+    other = images.resize_long_side(images.load_image(SHARED / "style/the_scream.jpg"), 96)
+    result = transfer(content, [style, other], TransferConfig(size=32, steps=2, style_blend=(2, 1)), device="cpu")
+    assert result.steps_done == 2
+    with pytest.raises(InputError, match="style_blend has 2 weights but there are 1 style images"):
+        transfer(content, [style], TransferConfig(size=32, steps=2, style_blend=(2, 1)), device="cpu")
+
+
+def test_a_size_too_large_for_memory_is_refused_before_starting(content, style):
+    with pytest.raises(InputError, match="Choose a smaller size"):
+        transfer(content, [style], TransferConfig(size=4096, steps=1), device="cpu")
+
+
+def test_memory_estimate_grows_with_the_pixel_count():
+    cpu = torch.device("cpu")
+    base = estimate_peak_bytes(1, 1, "relu5_1", cpu)
+    small, large = estimate_peak_bytes(128, 128, "relu5_1", cpu), estimate_peak_bytes(256, 256, "relu5_1", cpu)
+    assert 3.5 < (large - base) / (small - base) < 4.5  # activations scale with the pixel count
