@@ -10,11 +10,13 @@ import torch
 from engine.errors import InputError
 from engine.vgg import LAYER_INDEX, LAYER_NAMES, layer_channels, layer_stride
 
-# Bytes of memory per activation element at peak, fitted to measured peaks (benchmarks/memory.py):
-# autograd keeps each conv's input, each ReLU's output and each pool's input and int64 indices, and
-# backward holds gradients of two neighbouring layers at a time.
-BYTES_PER_ACTIVATION = {"cpu": 13.0, "cuda": 11.0}
-FIXED_BYTES = {"cpu": 450e6, "cuda": 200e6}  # weights, the framework's own buffers
+# Peak memory ≈ FIXED + BYTES_PER_ACTIVATION · Σ activation elements (see `activation_elements`).
+# CPU: a straight-line fit of the peak resident memory of whole runs at 128-512 px (benchmarks/memory.py:
+# 5.1 B/element + 872 MiB of libraries and weights), rounded up. CUDA: not yet measured on a GPU here;
+# autograd keeps each ReLU's output and each pool's input and indices (fp32), and backward holds two
+# layers' gradients, so ~11 B/element; benchmarks/memory.py --device cuda checks it where one is lent.
+BYTES_PER_ACTIVATION = {"cpu": 5.5, "cuda": 11.0}
+FIXED_BYTES = {"cpu": 900 * 2**20, "cuda": 300 * 2**20}
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -92,8 +94,9 @@ def check_fits(height: int, width: int, deepest_layer: str, device: torch.device
     need = estimate_peak_bytes(height, width, deepest_layer, device, batch)
     have = available_bytes(device)
     if need > 0.9 * have:
-        scale = ((0.9 * have - FIXED_BYTES["cuda" if device.type == "cuda" else "cpu"]) / (need - 1)) ** 0.5
-        fits = max(int(max(height, width) * max(scale, 0.0)) // 16 * 16, 0)
+        fixed = FIXED_BYTES["cuda" if device.type == "cuda" else "cpu"]
+        scale = (max(0.9 * have - fixed, 0) / (need - fixed)) ** 0.5  # activations grow with the pixel count
+        fits = int(max(height, width) * scale) // 16 * 16
         raise InputError(
             f"A {width}×{height} run needs about {need / 2**30:.1f} GiB but {device_name(device)} has "
             f"{have / 2**30:.1f} GiB free. Choose a smaller size (about {fits} px or less)."
