@@ -1,0 +1,64 @@
+"""`python -m engine` as a user runs it: a real subprocess, real weights, tiny sizes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "images"
+CONTENT, STYLE = SHARED / "content/tubingen.jpg", SHARED / "style/starry_night.jpg"
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *map(str, args)],
+        cwd=cwd, capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+
+
+def test_cli_writes_the_image_and_a_report_of_every_layers_cost(tmp_path):
+    out, report = tmp_path / "g.png", tmp_path / "costs.json"
+    proc = run_cli(CONTENT, STYLE, "-o", out, "--size", "32", "--steps", "3", "--seed", "1",
+                   "--lambda", "relu1_1=1", "--lambda", "relu3_1=0.5", "--no-track", "--report", report,
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(out).size == (32, 24)
+    data = json.loads(report.read_text())
+    assert set(data["style_layers"]) == {"relu1_1", "relu3_1"}
+    assert data["costs"]["style"] == pytest.approx(
+        data["style_layers"]["relu1_1"] + 0.5 * data["style_layers"]["relu3_1"], rel=1e-5
+    )
+    assert data["steps_done"] == 3 and data["config"]["seed"] == "1"
+    assert "3/3" in proc.stderr  # the progress line reached the end
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lambda", "relu9_1=1"], "Unknown style layer 'relu9_1'"),
+        (["--lambda", "relu3_1"], "--lambda takes LAYER=WEIGHT"),
+        (["--steps", "0"], "steps must be between 1"),
+        (["--beta", "-2"], "beta must be zero or positive"),
+        (["--alpha", "inf"], "alpha must be a finite number"),
+        (["--optimizer", "sgd"], "Unknown optimizer 'sgd'"),
+        (["--size", "4096"], "Choose a smaller size"),
+    ],
+)
+def test_bad_settings_print_one_clear_line_and_exit_2(tmp_path, args, message):
+    proc = run_cli(CONTENT, STYLE, "-o", tmp_path / "g.png", "--no-track", *args, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_a_file_that_is_not_an_image_is_refused_by_name(tmp_path):
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("this is text, not a picture")
+    proc = run_cli(CONTENT, fake, "-o", tmp_path / "g.png", "--no-track", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "style image 1" in proc.stderr and "Traceback" not in proc.stderr
