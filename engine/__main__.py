@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-track", action="store_true", help="do not log the run to MLflow")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     parser.add_argument("--experiment", default="style-transfer", help="MLflow experiment name")
-    parser.add_argument("--snapshot-every", type=int, default=25, metavar="K", help="log G every K steps")
+    parser.add_argument("--snapshot-every", type=int, metavar="K", help="log G every K steps (default: ~20 per run)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -129,10 +129,12 @@ def main(argv: list[str] | None = None) -> int:
             result = transfer(content, styles, config, on_step=progress, should_stop=lambda: stop_requested,
                               device=args.device)  # fmt: skip
         else:
-            from engine.tracking import tracked_transfer  # MLflow only when tracking
+            from engine.tracking import check_reachable, mark_orphaned_runs, tracked_transfer  # MLflow only here
 
+            tracking_uri = check_reachable(args.tracking_uri)
+            mark_orphaned_runs(tracking_uri, args.experiment)  # runs of CLI processes that were killed
             result, tracker = tracked_transfer(
-                content, styles, config, tracking_uri=args.tracking_uri, experiment=args.experiment,
+                content, styles, config, tracking_uri=tracking_uri, experiment=args.experiment,
                 source="cli", on_step=progress, should_stop=lambda: stop_requested, device=args.device,
                 snapshot_every=args.snapshot_every,
             )  # fmt: skip

@@ -62,3 +62,25 @@ def test_a_file_that_is_not_an_image_is_refused_by_name(tmp_path):
     proc = run_cli(CONTENT, fake, "-o", tmp_path / "g.png", "--no-track", cwd=tmp_path)
     assert proc.returncode == 2
     assert "style image 1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_cli_run_is_an_mlflow_run_in_the_given_store(tmp_path):
+    from engine.tracking import list_runs, metric_history
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = run_cli(CONTENT, STYLE, "-o", tmp_path / "g.png", "--size", "32", "--steps", "4", "--coarse-levels", "0",
+                   "--tracking-uri", uri, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    runs = list_runs(uri, "style-transfer")
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["status"] == "FINISHED" and run["tags.source"] == "cli"
+    assert run["run_id"] in proc.stderr
+    assert list(metric_history(uri, run["run_id"])["cost/total"].index) == [1, 2, 3, 4]
+
+
+def test_an_unreachable_tracking_server_is_a_clear_error_before_any_compute(tmp_path):
+    proc = run_cli(CONTENT, STYLE, "-o", tmp_path / "g.png", "--tracking-uri", "http://127.0.0.1:9", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Cannot reach the MLflow tracking server" in proc.stderr and "Traceback" not in proc.stderr
+    assert "1/" not in proc.stderr  # no optimisation step ran
