@@ -26,7 +26,7 @@ INITS = ("noise", "content", "blend")
 POOLINGS = ("max", "avg")
 MIN_SIZE, MAX_SIZE = 16, 4096
 MAX_STEPS = 100_000
-MIN_COARSE_SIZE, MAX_COARSE_LEVELS = 32, 4
+MIN_COARSE_SIZE, MAX_COARSE_LEVELS = 64, 4  # below 64 px L-BFGS often overshoots (relu5_1 is 2×2)
 
 
 def _knob(default: Any, help: str) -> Any:

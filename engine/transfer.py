@@ -7,6 +7,7 @@ only through `on_step(StepReport)`; logging and UI live with the callers. No Str
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ from engine.costs import Costs, Objective
 from engine.device import check_fits, enable_gpu_basics, pick_device
 from engine.errors import InputError
 from engine.vgg import LAYER_INDEX, VGGFeatures
+
+LBFGS_RESTART_FACTOR = 10.0  # a cost this many times the best so far means L-BFGS overshot
+MAX_NON_FINITE_STEPS = 3  # non-finite costs in a row before a run counts as diverged
 
 
 @dataclass
@@ -130,10 +134,12 @@ def transfer(
             g = initial_image(config, content_in)
         else:  # coarse to fine: the previous scale's result, upsampled, starts this scale
             g = F.interpolate(best[0], size=content_in.shape[-2:], mode="bilinear", align_corners=False)
+        non_finite_in_a_row = 0
         for point, costs in _iterations(g, objective, net, config, steps):
             step += 1
             floats = costs.as_floats()
-            if not torch.isfinite(costs.total).all():
+            non_finite_in_a_row = 0 if math.isfinite(floats["total"]) else non_finite_in_a_row + 1
+            if non_finite_in_a_row >= MAX_NON_FINITE_STEPS:
                 stopped = "diverged"
                 break
             if best is None or best[0].shape != point.shape or floats["total"] <= float(best[1].total[0]):
@@ -198,12 +204,23 @@ def _iterations(
         evaluated.append((g.detach().clone(), _detach(costs)))
         return costs.total.sum()
 
+    best_total, best_point = math.inf, None
     for _ in range(steps):
         optimizer.step(closure)  # L-BFGS and Adam both evaluate the closure once per iteration here
         if config.optimizer == "adam":
             with torch.no_grad():
                 g.clamp_(0, 1)
-        yield evaluated.pop()
+        point, costs = evaluated.pop()
+        total = float(costs.total.sum())
+        if total < best_total:
+            best_total, best_point = total, point
+        elif config.optimizer == "lbfgs" and not total < LBFGS_RESTART_FACTOR * best_total:
+            # Without a line search, L-BFGS can step far uphill (even to inf): go back to the best G and
+            # restart with an empty history, whose first step is a short gradient step.
+            with torch.no_grad():
+                g.copy_(best_point)
+            optimizer = _make_optimizer(config, g)
+        yield point, costs
 
 
 def _make_optimizer(config: TransferConfig, g: torch.Tensor) -> torch.optim.Optimizer:

@@ -96,6 +96,6 @@ def test_schedule_runs_coarse_sizes_first():
     assert config.total_steps == 90
 
 
-def test_schedule_skips_coarse_scales_below_32_px():
-    assert TransferConfig(size=100, steps=5, coarse_levels=3).schedule == ((50, 150), (100, 5))
-    assert TransferConfig(size=48, steps=5).schedule == ((48, 5),)
+def test_schedule_skips_coarse_scales_below_64_px():
+    assert TransferConfig(size=256, steps=5, coarse_levels=3).schedule == ((64, 150), (128, 150), (256, 5))
+    assert TransferConfig(size=96, steps=5).schedule == ((96, 5),)
