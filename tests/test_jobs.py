@@ -1,0 +1,371 @@
+"""The background job queue against a real SQLite MLflow store and the real VGG19: order, progress,
+cancellation, failures, validation at submit, shutdown and the time estimate. Every transfer is tiny
+(32 px, a few steps, one scale); jobs meant to keep the worker busy are long and get cancelled."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from engine import images
+from engine.config import MAX_SIZE, TransferConfig
+from engine.device import check_fits
+from engine.errors import InputError
+from engine.jobs import JobProgress, JobQueue, JobSpec, default_seconds_per_gflop, estimate_seconds
+from engine.tracking import DEFAULT_EXPERIMENT, download_artifact, get_or_create_experiment, list_runs, metric_history
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
+CONFIG = TransferConfig(size=32, steps=3, coarse_levels=0)
+BUSY = CONFIG.replace(steps=2000)  # keeps a worker busy until it is cancelled (~40 ms a step)
+TIMEOUT_S = 60
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixtures and helpers
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread keeps the tiny transfers quick and steady on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _png_bytes(path: Path, long_side: int = 64) -> bytes:
+    img = images.resize_long_side(images.load_image(path), long_side)
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def content() -> bytes:
+    return _png_bytes(SHARED / "content/tubingen.jpg")  # 64×48
+
+
+@pytest.fixture(scope="module")
+def style() -> bytes:
+    return _png_bytes(SHARED / "style/starry_night.jpg")
+
+
+@pytest.fixture(scope="module")
+def template_db(tmp_path_factory) -> Path:
+    """An empty, migrated MLflow SQLite database (migrations take seconds; each test copies it)."""
+    folder = tmp_path_factory.mktemp("template")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)  # MLflow places its Default experiment's artifacts relative to the cwd
+        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments(max_results=1)
+    return folder / "mlflow.db"
+
+
+def _store(template: Path, folder: Path) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, folder / "mlflow.db")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+@pytest.fixture
+def uri(template_db, tmp_path) -> str:
+    return _store(template_db, tmp_path / "store")
+
+
+@pytest.fixture
+def make_queue(tmp_path) -> Iterator[Callable[..., JobQueue]]:
+    """JobQueue factory (one CPU worker by default); every queue is shut down at teardown."""
+    made: list[JobQueue] = []
+
+    def make(tracking_uri: str, **kwargs) -> JobQueue:
+        kwargs = {"devices": ["cpu"], "preview_every": 2, "fallback_dir": tmp_path / "unsaved"} | kwargs
+        made.append(JobQueue(tracking_uri, **kwargs))
+        return made[-1]
+
+    yield make
+    for queue in made:
+        queue.shutdown(wait=True)
+
+
+def _spec(content: bytes, style: bytes, config: TransferConfig = CONFIG, **kwargs) -> JobSpec:
+    return JobSpec(config=config, content=content, styles=(style,), **kwargs)
+
+
+def _wait(queue: JobQueue, run_id: str, until: Callable[[JobProgress], bool], what: str) -> JobProgress:
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        progress = queue.progress(run_id)
+        if progress is not None and until(progress):
+            return progress
+        time.sleep(0.01)
+    pytest.fail(f"job {run_id} did not become {what} within {TIMEOUT_S} s: {queue.progress(run_id)}")
+
+
+def _wait_done(queue: JobQueue, run_id: str) -> JobProgress:
+    return _wait(queue, run_id, lambda p: p.done, "done")
+
+
+def _runs(uri: str) -> pd.DataFrame:
+    return list_runs(uri).set_index("run_id")
+
+
+def _has_artifact(uri: str, run_id: str, path: str) -> bool:
+    try:
+        download_artifact(uri, run_id, path)
+    except InputError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# Three jobs on one worker, checked by several tests
+
+
+@dataclass
+class ThreeJobs:
+    uri: str
+    queue: JobQueue
+    ids: list[str]
+    while_first_runs: dict[str, JobProgress]  # each job's progress once the first was running
+    length_while_first_runs: int
+    first_mid_run: JobProgress  # the first job after a few steps
+    done: dict[str, JobProgress]
+
+
+@pytest.fixture(scope="module")
+def three_jobs(template_db, tmp_path_factory, content, style) -> Iterator[ThreeJobs]:
+    uri = _store(template_db, tmp_path_factory.mktemp("three"))
+    queue = JobQueue(uri, devices=["cpu"], preview_every=2, fallback_dir=tmp_path_factory.mktemp("unsaved"))
+    try:
+        configs = [CONFIG.replace(steps=40), CONFIG.replace(steps=3, seed=1), CONFIG.replace(steps=4, seed=2)]
+        ids = [queue.submit(_spec(content, style, config)) for config in configs]
+        _wait(queue, ids[0], lambda p: p.state == "running", "running")
+        while_first_runs = {rid: queue.progress(rid) for rid in ids}
+        length = queue.queue_length()
+        first_mid_run = _wait(queue, ids[0], lambda p: p.step >= 3 or p.done, "at step 3")
+        done = {rid: _wait_done(queue, rid) for rid in ids}
+        yield ThreeJobs(uri, queue, ids, while_first_runs, length, first_mid_run, done)
+    finally:
+        queue.shutdown(wait=True)
+
+
+def test_queued_jobs_wait_in_fifo_order_with_their_positions(three_jobs):
+    first, second, third = (three_jobs.while_first_runs[rid] for rid in three_jobs.ids)
+    assert first.state == "running" and first.position is None and first.device == "cpu"
+    assert (second.state, second.position) == ("queued", 1)
+    assert (third.state, third.position) == ("queued", 2)
+    assert second.eta_s is None and second.step == 0 and second.device == ""
+    assert three_jobs.length_while_first_runs == 3
+    ended = _runs(three_jobs.uri).loc[three_jobs.ids, "end_time"]
+    assert ended.is_monotonic_increasing  # one worker ran them in the order they came
+
+
+def test_every_job_finishes_as_a_finished_mlflow_run_under_its_job_id(three_jobs):
+    assert all(p.state == "finished" and p.error is None for p in three_jobs.done.values())
+    runs = _runs(three_jobs.uri)
+    assert set(runs.index) == set(three_jobs.ids)
+    assert (runs.loc[three_jobs.ids, "status"] == "FINISHED").all()
+    assert (runs.loc[three_jobs.ids, "source"] == "app").all()
+    assert (runs.loc[three_jobs.ids, "tags.device"] == "cpu").all()
+    assert three_jobs.queue.queue_length() == 0
+    assert [p.run_id for p in three_jobs.queue.jobs()] == three_jobs.ids[::-1]  # newest first
+
+
+def test_progress_has_one_history_entry_per_step_and_the_result_image(three_jobs, content):
+    for rid in three_jobs.ids:
+        progress = three_jobs.done[rid]
+        total = progress.total_steps
+        assert progress.step == total
+        assert [h["step"] for h in progress.history] == list(range(1, total + 1))
+        assert progress.costs == {k: v for k, v in progress.history[-1].items() if k != "step"}
+        assert {"total", "content", "style", "tv"} <= set(progress.costs)
+        assert progress.image is not None and progress.image.size == (32, 24) == progress.size
+        logged = metric_history(three_jobs.uri, rid, keys=["cost/total"])["cost/total"]
+        assert list(logged.index) == list(range(1, total + 1))
+        assert list(logged) == pytest.approx([h["total"] for h in progress.history], rel=1e-12)
+        assert progress.eta_s == 0.0 and progress.elapsed_s > 0
+
+
+def test_a_running_job_reports_elapsed_time_and_an_eta(three_jobs):
+    mid = three_jobs.first_mid_run
+    assert mid.state == "running" and 3 <= mid.step < mid.total_steps == 40
+    assert mid.eta_s is not None and mid.eta_s > 0 and mid.elapsed_s > 0
+    assert len(mid.history) == mid.step and mid.image is not None  # previews from step 1 on
+
+
+def test_finished_runs_give_the_queue_a_measured_seconds_per_gflop(three_jobs):
+    rate = three_jobs.queue.seconds_per_gflop["cpu"]
+    assert rate > 0
+    assert three_jobs.queue.estimate_seconds(CONFIG) == pytest.approx(estimate_seconds(CONFIG, "cpu", rate))
+
+
+# --------------------------------------------------------------------------------------------------
+# Cancelling
+
+
+def test_cancelling_a_queued_job_kills_its_run_before_it_ever_runs(uri, make_queue, content, style):
+    queue = make_queue(uri)
+    busy = queue.submit(_spec(content, style, BUSY))
+    waiting = queue.submit(_spec(content, style))
+    _wait(queue, busy, lambda p: p.state == "running", "running")
+
+    assert queue.cancel(waiting) is True
+    cancelled = queue.progress(waiting)
+    assert (cancelled.state, cancelled.position, cancelled.step) == ("cancelled", None, 0)
+    assert queue.queue_length() == 1
+    assert queue.cancel(waiting) is False  # already over
+    assert queue.cancel("no-such-run") is False
+
+    assert queue.cancel(busy) is True
+    _wait_done(queue, busy)
+    time.sleep(0.2)  # a worker that wrongly kept the cancelled job would start it now
+    assert queue.progress(waiting).step == 0 and queue.queue_length() == 0
+    run = _runs(uri).loc[waiting]
+    assert run["status"] == "KILLED" and run["tags.stopped"] == "cancelled"
+    assert metric_history(uri, waiting).empty  # no step ever ran
+    assert not _has_artifact(uri, waiting, "result.png")
+
+
+def test_cancelling_a_running_job_kills_it_with_the_best_image_as_result(uri, make_queue, content, style):
+    queue = make_queue(uri)
+    run_id = queue.submit(_spec(content, style, BUSY))
+    _wait(queue, run_id, lambda p: p.step >= 2, "at step 2")
+
+    assert queue.cancel(run_id) is True
+    progress = _wait_done(queue, run_id)
+    assert progress.state == "cancelled" and progress.error is None
+    assert 2 <= progress.step < BUSY.total_steps and progress.image is not None
+    run = _runs(uri).loc[run_id]
+    assert run["status"] == "KILLED" and run["tags.stopped"] == "cancelled"
+    assert _has_artifact(uri, run_id, "result.png")
+    assert queue.cancel(run_id) is False
+
+
+# --------------------------------------------------------------------------------------------------
+# Failures
+
+
+def test_a_job_failing_in_the_worker_fails_its_run_and_the_next_job_still_runs(uri, make_queue, content, style):
+    too_big = CONFIG.replace(size=MAX_SIZE)
+    try:  # the content is 4:3, so the run would be 4096×3072: ~40 GiB, more than this machine has
+        check_fits(MAX_SIZE * 3 // 4, MAX_SIZE, "relu5_1", torch.device("cpu"))
+    except InputError:
+        pass
+    else:
+        pytest.skip("this machine has the memory for a 4096-px run; the test needs one that does not")
+    queue = make_queue(uri)
+    failing = queue.submit(_spec(content, style, too_big))
+    after = queue.submit(_spec(content, style))
+
+    failed = _wait_done(queue, failing)
+    assert failed.state == "failed"
+    assert failed.error.startswith("A 4096×3072 run needs about") and "Choose a smaller size" in failed.error
+    assert _wait_done(queue, after).state == "finished"
+    runs = _runs(uri)
+    assert runs.loc[failing, "status"] == "FAILED" and runs.loc[failing, "failure_reason"] == failed.error
+    assert runs.loc[after, "status"] == "FINISHED"
+
+
+def test_submitting_a_file_that_is_not_an_image_raises_and_creates_no_run(uri, make_queue, content, style):
+    queue = make_queue(uri)
+    with pytest.raises(InputError, match="content image is not an image"):
+        queue.submit(_spec(b"%PDF-1.4 not an image", style))
+    with pytest.raises(InputError, match="style image 2 is not an image"):
+        queue.submit(JobSpec(config=CONFIG, content=content, styles=(style, b"hello")))
+    with pytest.raises(InputError, match="style_blend has 2 weights but there are 1 style images"):
+        queue.submit(_spec(content, style, CONFIG.replace(style_blend=(0.5, 0.5))))
+    with pytest.raises(InputError, match="at least one style image"):
+        queue.submit(JobSpec(config=CONFIG, content=content, styles=()))
+    assert list_runs(uri).empty
+    assert queue.jobs() == [] and queue.queue_length() == 0
+
+
+def test_an_unreachable_tracking_server_is_refused_at_submit(make_queue, content, style):
+    queue = make_queue("http://127.0.0.1:9")  # starting the queue itself must not fail or hang
+    with pytest.raises(InputError, match=r"Cannot reach the MLflow tracking server at http://127\.0\.0\.1:9"):
+        queue.submit(_spec(content, style))
+    assert queue.jobs() == [] and queue.queue_length() == 0
+
+
+def test_a_new_queue_fails_runs_that_a_dead_process_left_scheduled(uri, make_queue):
+    client = MlflowClient(uri)
+    experiment = get_or_create_experiment(client, DEFAULT_EXPERIMENT)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    orphan = client.create_run(experiment, tags={"worker": f"{host}:{dead.pid}"}).info.run_id
+    client.update_run(orphan, status="SCHEDULED")
+    alive = client.create_run(experiment, tags={"worker": f"{host}:{os.getpid()}"}).info.run_id
+
+    queue = make_queue(uri)
+    assert queue.orphaned_runs == [orphan]
+    runs = _runs(uri)
+    assert runs.loc[orphan, "status"] == "FAILED"
+    assert "ended before the run finished" in runs.loc[orphan, "failure_reason"]
+    assert runs.loc[alive, "status"] == "RUNNING"
+    assert queue.progress(orphan) is None  # not a job of this process
+
+
+# --------------------------------------------------------------------------------------------------
+# Shutdown
+
+
+def test_shutdown_stops_the_worker_threads_and_cancels_its_jobs(uri, make_queue, content, style):
+    queue = make_queue(uri, devices=["cpu", "cpu"])
+
+    def workers() -> list[threading.Thread]:
+        prefix = f"stylelab-jobs-{queue._name}-"
+        return [t for t in threading.enumerate() if t.name.startswith(prefix) and not t.name.endswith("shutdown")]
+
+    assert len(workers()) == 2 and all(t.daemon for t in workers())
+    running = [queue.submit(_spec(content, style, BUSY)) for _ in range(2)]
+    waiting = queue.submit(_spec(content, style))
+    for rid in running:
+        _wait(queue, rid, lambda p: p.step >= 1, "at step 1")
+
+    queue.shutdown(wait=True)
+    assert workers() == []
+    assert [queue.progress(rid).state for rid in [*running, waiting]] == ["cancelled"] * 3
+    runs = _runs(uri)
+    assert (runs.loc[[*running, waiting], "status"] == "KILLED").all()
+    assert all(_has_artifact(uri, rid, "result.png") for rid in running)
+    assert queue.queue_length() == 0
+    with pytest.raises(RuntimeError, match="shut down"):
+        queue.submit(_spec(content, style))
+
+
+# --------------------------------------------------------------------------------------------------
+# The time estimate
+
+
+@pytest.mark.parametrize("coarse_levels", [0, 1])
+def test_estimated_seconds_grow_about_fourfold_from_128_to_256_px(coarse_levels):
+    small = TransferConfig(size=128, steps=100, coarse_levels=coarse_levels, coarse_steps=50)
+    large = small.replace(size=256)
+    ratio = estimate_seconds(large, "cpu") / estimate_seconds(small, "cpu")
+    assert 3.6 < ratio < 4.4
+
+
+def test_estimated_seconds_scale_with_steps_rate_and_device():
+    config = TransferConfig(size=256, steps=100, coarse_levels=0)
+    assert estimate_seconds(config.replace(steps=200), "cpu") == pytest.approx(2 * estimate_seconds(config, "cpu"))
+    assert estimate_seconds(config, "cpu", 0.01) == pytest.approx(2 * estimate_seconds(config, "cpu", 0.005))
+    assert estimate_seconds(config, "cuda:0") < estimate_seconds(config, "cpu") / 10
+    assert default_seconds_per_gflop("cpu") == pytest.approx(1 / 184)
+    # 4:3 landscape and 3:4 portrait cost the same; a square costs a third more
+    landscape = estimate_seconds(config, "cpu")
+    assert estimate_seconds(config, "cpu", aspect=4 / 3) == pytest.approx(landscape, rel=0.02)
+    assert estimate_seconds(config, "cpu", aspect=1.0) == pytest.approx(4 / 3 * landscape, rel=0.02)
