@@ -74,6 +74,8 @@ __all__ = [
     "image_steps",
     "list_runs",
     "load_config",
+    "load_inputs",
+    "load_run",
     "mark_orphaned_runs",
     "metric_history",
     "mlflow_ui_command",
@@ -938,6 +940,46 @@ def load_config(tracking_uri: str | None, run_id: str) -> TransferConfig:
     """The run's TransferConfig, rebuilt from its params (clone a run, open a permalink)."""
     run = _get_run(MlflowClient(resolve_tracking_uri(tracking_uri)), run_id)
     return TransferConfig.from_params(run.data.params)
+
+
+class RunSummary(NamedTuple):
+    run_id: str
+    experiment_id: str
+    name: str
+    status: str  # SCHEDULED, RUNNING, FINISHED, FAILED, KILLED
+    start_time: pd.Timestamp | None
+    end_time: pd.Timestamp | None
+    params: dict[str, str]
+    metrics: dict[str, float]  # latest value of each metric
+    tags: dict[str, str]
+
+
+def load_run(tracking_uri: str | None, run_id: str) -> RunSummary:
+    """One run's status, params, latest metrics and tags in one call (the run page's header)."""
+    run = _get_run(MlflowClient(resolve_tracking_uri(tracking_uri)), run_id)
+    stamp = lambda ms: pd.Timestamp(ms, unit="ms", tz="UTC") if ms else None  # noqa: E731
+    return RunSummary(
+        run_id=run.info.run_id,
+        experiment_id=run.info.experiment_id,
+        name=run.info.run_name or run.info.run_id,
+        status=run.info.status,
+        start_time=stamp(run.info.start_time),
+        end_time=stamp(run.info.end_time),
+        params=dict(run.data.params),
+        metrics=dict(run.data.metrics),
+        tags=dict(run.data.tags),
+    )
+
+
+def load_inputs(tracking_uri: str | None, run_id: str) -> tuple[bytes, list[bytes]]:
+    """The run's content and style images as PNG bytes (`inputs/content.png`, `inputs/style.png`,
+    `inputs/style_<i>.png`), to run them again with other settings."""
+    uri = resolve_tracking_uri(tracking_uri)
+    run = _get_run(MlflowClient(uri), run_id)
+    count = int(run.data.params.get("style_images", "1"))
+    names = ["inputs/content.png", "inputs/style.png", *(f"inputs/style_{i}.png" for i in range(1, count))]
+    data = [Path(download_artifact(uri, run_id, name)).read_bytes() for name in names]
+    return data[0], data[1:]
 
 
 class UILinks(NamedTuple):
