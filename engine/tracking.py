@@ -10,7 +10,9 @@ Naming (see DESIGN.md, "MLflow naming contract"):
   (J_style[l], unweighted), `cost/tv`, `time/step_seconds`; at the end `final/<cost>` (the costs of the
   returned image, the best G at the final scale, which can differ from the last step's `cost/*`),
   `time/total_seconds`, `time/tracking_seconds` (time the optimisation thread spent in tracking) and
-  `steps_done`, all at step = steps_done;
+  `steps_done`, all at step = steps_done; with them `quality/content`, `quality/style` and
+  `quality/style/<layer>`, the result's costs under one fixed reference setting (`engine.quality`),
+  comparable across runs whatever their λ, and `time/quality_seconds`;
 - images: `client.log_image(run_id, G, key="generated", step=k)`; MLflow 3.17 stores each as two
   artifacts, `images/generated+step+<k>+timestamp+<ms>+<uuid>.png` (full size) and
   `…+compressed.webp` (long side 256), and tags the run `mlflow.loggedImages`;
@@ -19,7 +21,8 @@ Naming (see DESIGN.md, "MLflow naming contract"):
 - tags: `source`, `sha256.content`, `sha256.style.<i>` (i = 0 for inputs/style.png), `device`
   (e.g. "cuda:0"), `device_name`, `gpu` (CUDA only), `torch_version`, `stylelab_version`, `worker`
   ("<host>:<pid>", for orphan detection) and `worker_start`, `failure_reason` and `stopped` when they
-  apply, `mlflow.parentRunId` for sweep children.
+  apply, `quality_error` when the quality figures could not be computed (the run still succeeds),
+  `mlflow.parentRunId` for sweep children (and `sweep.*`, see `engine.sweep`).
 
 Threads: every call names its tracking URI and run id (`MlflowClient(uri)`); nothing uses MLflow's
 process-global fluent API. A `RunTracker` hands all writes during a run to one background writer
@@ -59,6 +62,7 @@ from engine import images
 from engine.config import TransferConfig
 from engine.device import device_name, pick_device
 from engine.errors import InputError
+from engine.quality import reference_costs
 from engine.transfer import StepReport, TransferResult, transfer
 
 __all__ = [
@@ -76,12 +80,14 @@ __all__ = [
     "load_config",
     "load_inputs",
     "load_run",
+    "log_run_image",
     "mark_orphaned_runs",
     "metric_history",
     "mlflow_ui_command",
     "mlflow_ui_links",
     "resolve_tracking_uri",
     "set_run_status",
+    "set_run_tags",
     "tracked_transfer",
 ]
 
@@ -340,6 +346,7 @@ class RunTracker:
         tags: dict[str, str] | None = None,
         fallback_dir: str | Path | None = None,
         drain_timeout_s: float = 60.0,
+        quality: bool = True,
     ) -> None:
         if not styles:
             raise InputError("Give at least one style image.")
@@ -364,6 +371,8 @@ class RunTracker:
         self.logged_through_step = 0  # metrics of steps 1..this reached the store
         self.writer_cpu_s = 0.0  # CPU time the writer thread spent (PNG encoding, store calls)
         self.status = status
+        self.quality = quality
+        self._device = device
 
         self.content_image, content_png, content_sha = _as_input(content, "content image")
         decoded = [_as_input(s, f"style image {i + 1}") for i, s in enumerate(styles)]
@@ -443,6 +452,7 @@ class RunTracker:
             tags["worker_start"] = start
         if device is not None:
             tags |= _device_tags(device)
+            self._device = device
         self._queue.put(_Task("tags", tags))
         if self.status == "SCHEDULED":
             self._queue.put(_Task("status", "RUNNING"))
@@ -494,6 +504,7 @@ class RunTracker:
             "time/tracking_seconds": self._tracking_s,
             "steps_done": float(step),
         }
+        quality_tags = self._log_quality(result, final) if self.quality else {}
         self._queue.put(_Task("metrics", ([Metric(k, v, stamp, step) for k, v in final.items()], False)))
         self._queue.put(_Task("image", ("result.png", result.image)))
         self._queue.put(_Task("image", ("thumbnail.png", _thumbnail(result.image))))
@@ -506,10 +517,29 @@ class RunTracker:
                 f"diverged: the cost became non-finite at step {step}; the result is the best image "
                 "before that. Lower lr or the weights."
             )
-        tags = {"stopped": result.stopped} if result.stopped else {}
+        tags = quality_tags | ({"stopped": result.stopped} if result.stopped else {})
         if reason:
             tags["failure_reason"] = reason
         self._close(status, tags, result=result, final=final)
+
+    def _log_quality(self, result: TransferResult, final: dict[str, float]) -> dict[str, str]:
+        """Add `quality/content`, `quality/style` and `quality/style/<layer>` (the result's costs under
+        `engine.quality.REFERENCE`, comparable across runs) and `time/quality_seconds` to `final`. Never
+        raises: a failure leaves the metrics out and returns the tag `quality_error` instead."""
+        t0 = time.perf_counter()
+        try:
+            figures = reference_costs(
+                result.image,
+                self.content_image,
+                self.style_images,
+                style_blend=self.config.style_blend or None,
+                device=self._device,
+            )
+        except Exception as e:  # a quality figure is a bonus; the run itself succeeded
+            return {"quality_error": _short(e, _MAX_TAG_LENGTH)}
+        final |= {f"quality/{k}": float(v) for k, v in figures.items()}
+        final["time/quality_seconds"] = time.perf_counter() - t0
+        return {}
 
     def fail(self, exc: BaseException | str) -> None:
         """End the run FAILED with tag `failure_reason` (KILLED for KeyboardInterrupt)."""
@@ -700,12 +730,16 @@ def create_parent_run(
     name: str,
     params: dict[str, str] | None = None,
     source: str = "sweep",
+    tags: dict[str, str] | None = None,
 ) -> str:
     """A RUNNING parent run for a sweep; its children pass `parent_run_id=` to `RunTracker`."""
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    run_tags = {"source": source, "worker": _worker_id()}
+    if start := _process_start(os.getpid()):
+        run_tags["worker_start"] = start
     run = client.create_run(
         get_or_create_experiment(client, experiment),
-        tags={"source": source, "worker": _worker_id()},
+        tags=run_tags | {k: str(v) for k, v in (tags or {}).items()},
         run_name=name,
     )
     if params:
@@ -722,6 +756,30 @@ def set_run_status(tracking_uri: str | None, run_id: str, status: str, reason: s
         client.set_terminated(run_id, status)
     else:
         client.update_run(run_id, status=status)
+
+
+def set_run_tags(tracking_uri: str | None, run_id: str, tags: dict[str, str]) -> None:
+    """Set tags on an existing run, in one call."""
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    client.log_batch(run_id, tags=[RunTag(k, str(v)[:_MAX_TAG_LENGTH]) for k, v in tags.items()], synchronous=True)
+
+
+def log_run_image(
+    tracking_uri: str | None,
+    run_id: str,
+    image: Image.Image,
+    artifact_file: str | None = None,
+    *,
+    key: str | None = None,
+    step: int = 0,
+) -> None:
+    """Log `image` on a run: as artifact `artifact_file` (e.g. "contact_sheet.png"; rewriting it replaces
+    it), and/or in the MLflow UI's image grid under `key` at `step` (each call adds one)."""
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    if artifact_file is not None:
+        client.log_image(run_id, image, artifact_file=artifact_file)
+    if key is not None:
+        client.log_image(run_id, image, key=key, step=step, synchronous=True)
 
 
 def mark_orphaned_runs(tracking_uri: str | None, experiment: str = DEFAULT_EXPERIMENT) -> list[str]:
