@@ -102,7 +102,8 @@ def estimate_seconds(
 @dataclass(frozen=True)
 class JobSpec:
     """One style transfer to run: the config and the uploaded files' bytes (uploads vanish with their
-    Streamlit session, so the job keeps its own copy)."""
+    Streamlit session, so the job keeps its own copy). `tags` are extra MLflow tags of the run, set
+    when it is created (e.g. a sweep child's `sweep.<param>`)."""
 
     config: TransferConfig
     content: bytes
@@ -111,6 +112,7 @@ class JobSpec:
     experiment: str = tracking.DEFAULT_EXPERIMENT
     run_name: str | None = None
     parent_run_id: str | None = None
+    tags: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -258,6 +260,7 @@ class JobQueue:
             status="SCHEDULED",
             parent_run_id=spec.parent_run_id,
             run_name=spec.run_name,
+            tags={str(k): str(v) for k, v in spec.tags.items()} or None,
             fallback_dir=self.fallback_dir,
         )
         width, height = content.size
