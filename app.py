@@ -2,13 +2,15 @@
 
 import streamlit as st
 
-from pages.common import sidebar
+from views.common import sidebar
 
 st.set_page_config(page_title="stylelab", page_icon=":material/palette:", layout="wide")
 navigation = st.navigation(
     [
-        st.Page("pages/studio.py", title="Studio", icon=":material/palette:", url_path="studio", default=True),
-        st.Page("pages/runs.py", title="Runs", icon=":material/history:", url_path="runs"),
+        st.Page("views/studio.py", title="Studio", icon=":material/palette:", url_path="studio", default=True),
+        st.Page("views/runs.py", title="Runs", icon=":material/history:", url_path="runs"),
+        st.Page("views/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
+        st.Page("views/sweep.py", title="Sweep", icon=":material/grid_view:", url_path="sweep"),
     ]
 )
 sidebar()

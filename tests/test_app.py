@@ -29,7 +29,7 @@ def store(tmp_path_factory):
     uri = f"sqlite:///{folder}/mlflow.db"
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
-    from pages import common
+    from views import common
 
     common.tracking_uri.clear()
     common.job_queue.clear()
@@ -117,7 +117,7 @@ def test_run_button_submits_a_tracked_run_and_opens_its_page(store):
 
 def test_run_page_shows_result_settings_costs_and_clone_link(store, finished_run):
     at = app(run=finished_run)
-    at.switch_page("pages/runs.py").run()
+    at.switch_page("views/runs.py").run()
     assert not at.exception
     page = texts(at)
     assert finished_run in page and "open in the MLflow UI" in page
@@ -129,11 +129,11 @@ def test_run_page_shows_result_settings_costs_and_clone_link(store, finished_run
 
 def test_history_lists_runs_and_a_bad_permalink_is_explained(store, finished_run):
     at = app()
-    at.switch_page("pages/runs.py").run()
+    at.switch_page("views/runs.py").run()
     assert not at.exception
     assert "Runs" in texts(at) and "32 px" in texts(at)
     bad = app(run="no-such-run")
-    bad.switch_page("pages/runs.py").run()
+    bad.switch_page("views/runs.py").run()
     assert not bad.exception
     assert "No run 'no-such-run'" in "\n".join(e.value for e in bad.error)
 
@@ -143,7 +143,7 @@ def test_a_failed_run_shows_why(store):
     tracker = tracking.RunTracker(store, tracking.DEFAULT_EXPERIMENT, TINY, content, [style], source="app")
     tracker.fail("Out of GPU memory at 2048 px on cuda:0. Choose a smaller size and run again.")
     at = app(run=tracker.run_id)
-    at.switch_page("pages/runs.py").run()
+    at.switch_page("views/runs.py").run()
     assert not at.exception
     assert "Out of GPU memory at 2048 px" in "\n".join(e.value for e in at.error)
 
@@ -153,3 +153,36 @@ def test_clone_link_prefills_the_studio_with_the_runs_settings_and_inputs(store,
     assert not at.exception
     assert f"Settings and inputs of run `{finished_run}`" in texts(at)
     assert next(n for n in at.number_input if n.label.startswith("Size")).value == 32
+
+
+def test_studio_sweep_submits_a_parent_with_a_child_per_setting_and_opens_its_grid(store):
+    at = app().run()
+    at.file_uploader(key="content").set_value(("c.jpg", CONTENT_BYTES, "image/jpeg"))
+    at.file_uploader(key="styles").set_value([("s.jpg", STYLE_BYTES, "image/jpeg")])
+    at.run()
+    next(n for n in at.number_input if n.label.startswith("Size")).set_value(32)
+    next(n for n in at.number_input if n.label == "Steps").set_value(2)
+    next(s for s in at.slider if s.label == "Coarse-to-fine levels").set_value(0)
+    at.text_input(key="values0").set_value("0, 1")
+    at.selectbox(key="axis1").set_value("beta")
+    at.text_input(key="values1").set_value("1000, 100000")
+    at.run()
+    assert "4 runs, about" in texts(at)
+    next(b for b in at.button if b.label == "Run sweep").click().run()
+    assert not at.exception
+    parent_id = at.query_params["run"]
+    deadline = time.time() + 120
+    while tracking.load_run(store, parent_id).status in ("RUNNING", "SCHEDULED") and time.time() < deadline:
+        time.sleep(0.5)
+    assert tracking.load_run(store, parent_id).status == "FINISHED"
+    children = tracking.list_runs(store, filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert sorted(zip(children["params.lambda.relu3_1"], children["params.beta"], strict=True)) == [
+        ("0.0", "1000.0"), ("0.0", "100000.0"), ("1.0", "1000.0"), ("1.0", "100000.0")
+    ]
+
+    page = app(run=parent_id)
+    page.switch_page("views/sweep.py").run()
+    assert not page.exception
+    captions = [caption for image in page.get("image") for caption in image.captions]
+    assert "contact sheet" in captions
+    assert "lambda.relu3_1,beta" in texts(page)

@@ -170,7 +170,7 @@ def cost_chart(contributions: pd.DataFrame, *, height: int = 280) -> None:
         )
         .properties(height=height)
     )
-    st.altair_chart(chart, use_container_width=True)
+    st.altair_chart(chart, width="stretch")
 
 
 def input_error(exc: InputError) -> None:

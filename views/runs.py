@@ -14,7 +14,7 @@ import streamlit as st
 from engine import tracking
 from engine.config import TransferConfig
 from engine.errors import InputError
-from pages.common import (
+from views.common import (
     cost_chart,
     cost_contributions,
     input_error,
@@ -36,6 +36,8 @@ def run_page(run_id: str) -> None:
         run = tracking.load_run(tracking_uri(), run_id)
     except InputError as exc:
         input_error(exc)
+    if run.tags.get("sweep.role") == "parent":  # a sweep's parent has a grid, not one image
+        st.switch_page("views/sweep.py", query_params={"run": run_id})
     st.title(run.name)
     links = tracking.mlflow_ui_links(mlflow_ui_base(), run.experiment_id, [run_id])
     status = "" if run.status in ACTIVE else f"{run.status.lower()} · "  # the live view shows its own state
@@ -80,7 +82,7 @@ def live_view(run_id: str, params: dict[str, str]) -> None:
         st.progress(progress.step / progress.total_steps, text=f"step {progress.step} of {progress.total_steps}{eta}")
     image_column, chart_column = st.columns([2, 3])
     if progress.image is not None:
-        image_column.image(progress.image, caption=f"G at step {progress.step}", use_container_width=True)
+        image_column.image(progress.image, caption=f"G at step {progress.step}", width="stretch")
     with chart_column:
         cost_chart(cost_contributions(live_history(progress.history), params))
     if st.button("Cancel this run"):
@@ -96,15 +98,15 @@ def finished_view(run: tracking.RunSummary) -> None:
         result_path = None
     content_path = tracking.download_artifact(uri, run.run_id, "inputs/content.png")
     style_path = tracking.download_artifact(uri, run.run_id, "inputs/style.png")
-    columns[0].image(content_path, caption="content C", use_container_width=True)
-    columns[1].image(style_path, caption="style S", use_container_width=True)
+    columns[0].image(content_path, caption="content C", width="stretch")
+    columns[1].image(style_path, caption="style S", width="stretch")
     if result_path:
-        columns[2].image(result_path, caption="result G", use_container_width=True)
+        columns[2].image(result_path, caption="result G", width="stretch")
         columns[2].download_button(
             "Download result.png", Path(result_path).read_bytes(), file_name=f"stylelab-{run.run_id}.png",
             mime="image/png",
         )  # fmt: skip
-    st.page_link("pages/studio.py", label="Clone these settings into the studio", icon=":material/content_copy:",
+    st.page_link("views/studio.py", label="Clone these settings into the studio", icon=":material/content_copy:",
                  query_params={"clone": run.run_id})  # fmt: skip
 
     final = {k.removeprefix("final/"): v for k, v in run.metrics.items() if k.startswith("final/")}
@@ -131,7 +133,7 @@ def history_page() -> None:
     runs = tracking.list_runs(tracking_uri(), tracking.DEFAULT_EXPERIMENT)
     if runs.empty:
         st.info("No runs yet. Start one in the studio.")
-        st.page_link("pages/studio.py", label="Open the studio", icon=":material/palette:")
+        st.page_link("views/studio.py", label="Open the studio", icon=":material/palette:")
         return
     statuses = st.multiselect("Status", sorted(runs["status"].unique()), placeholder="any status")
     text = st.text_input("Name contains", placeholder="e.g. 256px")
@@ -144,8 +146,8 @@ def history_page() -> None:
     for i, (_, run) in enumerate(runs.iterrows()):
         with columns[i % 4].container(border=True):
             if isinstance(run["thumbnail_path"], str):
-                st.image(run["thumbnail_path"], use_container_width=True)
-            st.page_link("pages/runs.py", label=f"{STATUS_ICON.get(run['status'], '')} {run['run_name']}",
+                st.image(run["thumbnail_path"], width="stretch")
+            st.page_link("views/runs.py", label=f"{STATUS_ICON.get(run['status'], '')} {run['run_name']}",
                          query_params={"run": run["run_id"]})  # fmt: skip
             st.caption(_summary(run))
             if st.checkbox("compare", key=f"compare_{run['run_id']}"):
@@ -153,7 +155,10 @@ def history_page() -> None:
     if len(selected) >= 2:
         experiment_id = tracking.load_run(tracking_uri(), selected[0]).experiment_id
         links = tracking.mlflow_ui_links(mlflow_ui_base(), experiment_id, selected)
-        st.link_button(f"Compare {len(selected)} runs in the MLflow UI", links.compare)
+        with st.container(horizontal=True, vertical_alignment="center"):
+            st.page_link("views/compare.py", label=f"Compare {len(selected)} runs", icon=":material/compare:",
+                         query_params={"runs": ",".join(selected)})  # fmt: skip
+            st.link_button("Open them in the MLflow UI", links.compare, icon=":material/open_in_new:")
 
 
 def _summary(run: pd.Series) -> str:

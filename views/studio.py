@@ -7,7 +7,8 @@ from engine import images, tracking
 from engine.config import TransferConfig
 from engine.errors import InputError
 from engine.jobs import JobSpec
-from pages.common import (
+from engine.sweep import SweepAxis, expand, submit_sweep, sweepable_params
+from views.common import (
     UPLOAD_LIMITS,
     UPLOAD_TYPES,
     estimate_caption,
@@ -69,4 +70,33 @@ if st.button("Run", type="primary", disabled=not fits):
         run_id = job_queue().submit(JobSpec(config=config, content=content_bytes, styles=tuple(style_bytes)))
     except InputError as exc:
         input_error(exc)
-    st.switch_page("pages/runs.py", query_params={"run": run_id})
+    st.switch_page("views/runs.py", query_params={"run": run_id})
+
+with st.expander("Sweep: vary one or two settings over a list or a grid"):
+    st.caption(
+        "One run per setting, same inputs and seed, as children of one parent run. Values are comma-separated, "
+        "e.g. 0.1, 0.5, 1 for a λ; a style_layers value is like relu1_1=0.5 relu3_1=1."
+    )
+    axes = []
+    for i, (default, values) in enumerate([("lambda.relu3_1", "0, 0.2, 1"), (None, "")]):
+        options = sweepable_params(config) if i == 0 else ["(none)", *sweepable_params(config)]
+        left, right = st.columns([1, 2])
+        param = left.selectbox(f"Axis {i + 1}", options, index=options.index(default) if default else 0, key=f"axis{i}")
+        text = right.text_input(f"Values of axis {i + 1}", value=values, key=f"values{i}")
+        if param != "(none)" and text.strip():
+            axes.append((param, tuple(v.strip() for v in text.split(",") if v.strip())))
+    try:
+        settings = expand(config, [SweepAxis(param, values) for param, values in axes])
+    except InputError as exc:
+        st.error(str(exc))
+        settings = []
+    if settings:
+        seconds = sum(job_queue().estimate_seconds(c, aspect=content.height / content.width) for _, c in settings)
+        st.caption(f"{len(settings)} runs, about {seconds:.0f} s in all on this device.")
+    if st.button("Run sweep", disabled=not settings or not fits):
+        try:
+            handle = submit_sweep(job_queue(), config, [SweepAxis(p, v) for p, v in axes], content_bytes,
+                                  tuple(style_bytes))  # fmt: skip
+        except InputError as exc:
+            input_error(exc)
+        st.switch_page("views/sweep.py", query_params={"run": handle.parent_run_id})
