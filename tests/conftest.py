@@ -1,8 +1,10 @@
-"""Fixtures the browser tests share: a real `streamlit run app.py` on a free loopback port with the MLflow
-store a test chooses (`start_streamlit`), and Debian's Chromium driven by Playwright (`browser`)."""
+"""Fixtures the tests share: the shared test images, small PNG inputs, one torch thread, throwaway MLflow
+stores (copies of one migrated SQLite template), the app's store for AppTest, a real `streamlit run
+app.py` on a free loopback port (`start_streamlit`), and Debian's Chromium driven by Playwright."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
@@ -14,11 +16,102 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
+from mlflow import MlflowClient
+
+from engine import images
+from engine.jobs import JobQueue
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "images"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+def png_bytes(path: Path, long_side: int = 64) -> bytes:
+    """A shared image, shrunk to `long_side` and encoded as PNG: a small upload."""
+    buffer = io.BytesIO()
+    images.resize_long_side(images.load_image(path), long_side).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def content_png() -> bytes:
+    return png_bytes(SHARED / "content/tubingen.jpg")  # 64×48
+
+
+@pytest.fixture(scope="session")
+def style_png() -> bytes:
+    return png_bytes(SHARED / "style/starry_night.jpg")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread keeps tiny transfers quick and steady on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def template_db(tmp_path_factory) -> Path:
+    """An empty, migrated MLflow SQLite database (migrations take seconds; each store copies it)."""
+    folder = tmp_path_factory.mktemp("template")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)  # MLflow places its Default experiment's artifacts relative to the cwd
+        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments(max_results=1)
+    return folder / "mlflow.db"
+
+
+@pytest.fixture(scope="session")
+def new_store(template_db) -> Callable[[Path], str]:
+    """`new_store(folder) -> tracking URI`: a fresh SQLite store in `folder`."""
+
+    def make(folder: Path) -> str:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template_db, folder / "mlflow.db")
+        return f"sqlite:///{folder / 'mlflow.db'}"
+
+    return make
+
+
+@pytest.fixture
+def uri(new_store, tmp_path) -> str:
+    """A fresh store for one test."""
+    return new_store(tmp_path / "store")
+
+
+@pytest.fixture(scope="module")
+def app_store(new_store, tmp_path_factory) -> Iterator[str]:
+    """The store the app's pages use in AppTest. The tracking URI and the job queue are cache_resource
+    singletons of the process, so they are cleared before and after the module."""
+    from views import common
+
+    uri = new_store(tmp_path_factory.mktemp("app-store"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        common.tracking_uri.clear()
+        common.job_queue.clear()
+        yield uri
+        common.job_queue.clear()
+        common.tracking_uri.clear()
+
+
+@pytest.fixture
+def make_queue(tmp_path) -> Iterator[Callable[..., JobQueue]]:
+    """JobQueue factory (one CPU worker by default); every queue is shut down at teardown."""
+    made: list[JobQueue] = []
+
+    def make(tracking_uri: str, **kwargs) -> JobQueue:
+        kwargs = {"devices": ["cpu"], "preview_every": 2, "fallback_dir": tmp_path / "unsaved"} | kwargs
+        made.append(JobQueue(tracking_uri, **kwargs))
+        return made[-1]
+
+    yield make
+    for queue in made:
+        queue.shutdown(wait=True)
 
 
 def free_port() -> int:

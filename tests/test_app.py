@@ -6,7 +6,6 @@ process, so all tests here use one store, set before the first page runs.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -24,22 +23,8 @@ TINY = TransferConfig(size=32, steps=3, coarse_levels=0)
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("app-store")
-    uri = f"sqlite:///{folder}/mlflow.db"
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    from views import common
-
-    common.tracking_uri.clear()
-    common.job_queue.clear()
-    yield uri
-    common.job_queue.clear()
-    common.tracking_uri.clear()
-    if old is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = old
+def store(app_store) -> str:
+    return app_store
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +38,18 @@ def app(**query) -> AppTest:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
     for key, value in query.items():
         at.query_params[key] = value
+    return at
+
+
+def tiny_studio() -> AppTest:
+    """The studio with both images uploaded and a tiny size: 32 px, 2 steps, one scale."""
+    at = app().run()
+    at.file_uploader(key="content").set_value(("c.jpg", CONTENT_BYTES, "image/jpeg"))
+    at.file_uploader(key="styles").set_value([("s.jpg", STYLE_BYTES, "image/jpeg")])
+    at.run()
+    next(n for n in at.number_input if n.label.startswith("Size")).set_value(32)
+    next(n for n in at.number_input if n.label == "Steps").set_value(2)
+    next(s for s in at.slider if s.label == "Coarse-to-fine levels").set_value(0)
     return at
 
 
@@ -93,13 +90,7 @@ def test_a_corrupt_upload_gets_a_clear_message_naming_the_image(store):
 
 
 def test_run_button_submits_a_tracked_run_and_opens_its_page(store):
-    at = app().run()
-    at.file_uploader(key="content").set_value(("c.jpg", CONTENT_BYTES, "image/jpeg"))
-    at.file_uploader(key="styles").set_value([("s.jpg", STYLE_BYTES, "image/jpeg")])
-    at.run()
-    next(n for n in at.number_input if n.label.startswith("Size")).set_value(32)
-    next(n for n in at.number_input if n.label == "Steps").set_value(2)
-    next(s for s in at.slider if s.label == "Coarse-to-fine levels").set_value(0)
+    at = tiny_studio()
     before = set(tracking.list_runs(store)["run_id"])
     next(b for b in at.button if b.label == "Run").click().run()
     assert not at.exception
@@ -156,13 +147,7 @@ def test_clone_link_prefills_the_studio_with_the_runs_settings_and_inputs(store,
 
 
 def test_studio_sweep_submits_a_parent_with_a_child_per_setting_and_opens_its_grid(store):
-    at = app().run()
-    at.file_uploader(key="content").set_value(("c.jpg", CONTENT_BYTES, "image/jpeg"))
-    at.file_uploader(key="styles").set_value([("s.jpg", STYLE_BYTES, "image/jpeg")])
-    at.run()
-    next(n for n in at.number_input if n.label.startswith("Size")).set_value(32)
-    next(n for n in at.number_input if n.label == "Steps").set_value(2)
-    next(s for s in at.slider if s.label == "Coarse-to-fine levels").set_value(0)
+    at = tiny_studio()
     at.text_input(key="values0").set_value("0, 1")
     at.selectbox(key="axis1").set_value("beta")
     at.text_input(key="values1").set_value("1000, 100000")

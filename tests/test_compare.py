@@ -9,7 +9,6 @@ runs, and again afterwards.
 from __future__ import annotations
 
 import io
-import os
 import urllib.parse
 from pathlib import Path
 
@@ -206,22 +205,8 @@ class TestCostTables:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("compare-store")
-    uri = f"sqlite:///{folder}/mlflow.db"
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    from views import common
-
-    common.tracking_uri.clear()
-    common.job_queue.clear()
-    yield uri
-    common.job_queue.clear()
-    common.tracking_uri.clear()
-    if old is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = old
+def store(app_store) -> str:
+    return app_store
 
 
 @pytest.fixture(scope="module")

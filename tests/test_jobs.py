@@ -4,9 +4,7 @@ cancellation, failures, validation at submit, shutdown and the time estimate. Ev
 
 from __future__ import annotations
 
-import io
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -14,21 +12,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
 
-from engine import images
 from engine.config import MAX_SIZE, TransferConfig
 from engine.device import check_fits
 from engine.errors import InputError
 from engine.jobs import JobProgress, JobQueue, JobSpec, default_seconds_per_gflop, estimate_seconds
 from engine.tracking import DEFAULT_EXPERIMENT, download_artifact, get_or_create_experiment, list_runs, metric_history
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
 CONFIG = TransferConfig(size=32, steps=3, coarse_levels=0)
 BUSY = CONFIG.replace(steps=2000)  # keeps a worker busy until it is cancelled (~40 ms a step)
 TIMEOUT_S = 60
@@ -38,66 +33,17 @@ TIMEOUT_S = 60
 # Fixtures and helpers
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread keeps the tiny transfers quick and steady on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _png_bytes(path: Path, long_side: int = 64) -> bytes:
-    img = images.resize_long_side(images.load_image(path), long_side)
-    buffer = io.BytesIO()
-    img.save(buffer, format="PNG")
-    return buffer.getvalue()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def content() -> bytes:
-    return _png_bytes(SHARED / "content/tubingen.jpg")  # 64×48
+def content(content_png) -> bytes:
+    return content_png
 
 
 @pytest.fixture(scope="module")
-def style() -> bytes:
-    return _png_bytes(SHARED / "style/starry_night.jpg")
-
-
-@pytest.fixture(scope="module")
-def template_db(tmp_path_factory) -> Path:
-    """An empty, migrated MLflow SQLite database (migrations take seconds; each test copies it)."""
-    folder = tmp_path_factory.mktemp("template")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)  # MLflow places its Default experiment's artifacts relative to the cwd
-        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments(max_results=1)
-    return folder / "mlflow.db"
-
-
-def _store(template: Path, folder: Path) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(template, folder / "mlflow.db")
-    return f"sqlite:///{folder / 'mlflow.db'}"
-
-
-@pytest.fixture
-def uri(template_db, tmp_path) -> str:
-    return _store(template_db, tmp_path / "store")
-
-
-@pytest.fixture
-def make_queue(tmp_path) -> Iterator[Callable[..., JobQueue]]:
-    """JobQueue factory (one CPU worker by default); every queue is shut down at teardown."""
-    made: list[JobQueue] = []
-
-    def make(tracking_uri: str, **kwargs) -> JobQueue:
-        kwargs = {"devices": ["cpu"], "preview_every": 2, "fallback_dir": tmp_path / "unsaved"} | kwargs
-        made.append(JobQueue(tracking_uri, **kwargs))
-        return made[-1]
-
-    yield make
-    for queue in made:
-        queue.shutdown(wait=True)
+def style(style_png) -> bytes:
+    return style_png
 
 
 def _spec(content: bytes, style: bytes, config: TransferConfig = CONFIG, **kwargs) -> JobSpec:
@@ -146,8 +92,8 @@ class ThreeJobs:
 
 
 @pytest.fixture(scope="module")
-def three_jobs(template_db, tmp_path_factory, content, style) -> Iterator[ThreeJobs]:
-    uri = _store(template_db, tmp_path_factory.mktemp("three"))
+def three_jobs(new_store, tmp_path_factory, content, style) -> Iterator[ThreeJobs]:
+    uri = new_store(tmp_path_factory.mktemp("three"))
     queue = JobQueue(uri, devices=["cpu"], preview_every=2, fallback_dir=tmp_path_factory.mktemp("unsaved"))
     try:
         configs = [CONFIG.replace(steps=40), CONFIG.replace(steps=3, seed=1), CONFIG.replace(steps=4, seed=2)]

@@ -4,11 +4,9 @@ one test makes a real stylised result at 128 px (8 L-BFGS steps, ~3 s on one cor
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from mlflow import MlflowClient
 from PIL import Image
 
@@ -23,13 +21,7 @@ TINY = TransferConfig(size=32, steps=2, coarse_levels=0)
 QUALITY_KEYS = ["quality/content", "quality/style", *(f"quality/style/{layer}" for layer in GATYS_STYLE_LAYERS)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread keeps the forward passes steady on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -40,24 +32,6 @@ def content() -> Image.Image:
 @pytest.fixture(scope="module")
 def style() -> Image.Image:
     return images.resize_long_side(images.load_image(SHARED / "style/starry_night.jpg"), 256)
-
-
-@pytest.fixture(scope="module")
-def template_db(tmp_path_factory) -> Path:
-    """An empty, migrated MLflow SQLite database (migrations take seconds; each test copies it)."""
-    folder = tmp_path_factory.mktemp("template")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments(max_results=1)
-    return folder / "mlflow.db"
-
-
-@pytest.fixture
-def uri(template_db, tmp_path) -> str:
-    folder = tmp_path / "store"
-    folder.mkdir()
-    shutil.copyfile(template_db, folder / "mlflow.db")
-    return f"sqlite:///{folder / 'mlflow.db'}"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -4,19 +4,15 @@ scale); runs meant to be cancelled are long and never get far."""
 
 from __future__ import annotations
 
-import io
 import json
-import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
-from mlflow import MlflowClient
 from PIL import Image
 
-from engine import images, jobs, sweep
+from engine import jobs, sweep
 from engine.config import TransferConfig
 from engine.errors import InputError
 from engine.jobs import JobQueue
@@ -35,7 +31,6 @@ from engine.sweep import (
 )
 from engine.tracking import download_artifact, image_steps, list_runs, load_run
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
 BASE = TransferConfig(size=32, steps=2, coarse_levels=0, seed=7)
 BUSY = BASE.replace(steps=2000)  # keeps the worker busy until cancelled
 AXES = [SweepAxis("lambda.relu3_1", ("0.5", "2")), SweepAxis("beta", ("1e4", "1e5"))]
@@ -46,64 +41,17 @@ TIMEOUT_S = 120
 # Fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread keeps the tiny transfers quick and steady on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _png_bytes(path: Path, long_side: int = 64) -> bytes:
-    img = images.resize_long_side(images.load_image(path), long_side)
-    buffer = io.BytesIO()
-    img.save(buffer, format="PNG")
-    return buffer.getvalue()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def content() -> bytes:
-    return _png_bytes(SHARED / "content/tubingen.jpg")
+def content(content_png) -> bytes:
+    return content_png
 
 
 @pytest.fixture(scope="module")
-def style() -> bytes:
-    return _png_bytes(SHARED / "style/starry_night.jpg")
-
-
-@pytest.fixture(scope="module")
-def template_db(tmp_path_factory) -> Path:
-    """An empty, migrated MLflow SQLite database (migrations take seconds; each store copies it)."""
-    folder = tmp_path_factory.mktemp("template")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments(max_results=1)
-    return folder / "mlflow.db"
-
-
-def _store(template: Path, folder: Path) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(template, folder / "mlflow.db")
-    return f"sqlite:///{folder / 'mlflow.db'}"
-
-
-@pytest.fixture
-def uri(template_db, tmp_path) -> str:
-    return _store(template_db, tmp_path / "store")
-
-
-@pytest.fixture
-def make_queue(tmp_path) -> Iterator[Callable[[str], JobQueue]]:
-    made: list[JobQueue] = []
-
-    def make(tracking_uri: str) -> JobQueue:
-        made.append(JobQueue(tracking_uri, devices=["cpu"], preview_every=1, fallback_dir=tmp_path / "unsaved"))
-        return made[-1]
-
-    yield make
-    for queue in made:
-        queue.shutdown(wait=True)
+def style(style_png) -> bytes:
+    return style_png
 
 
 class Done:
@@ -116,9 +64,9 @@ class Done:
 
 
 @pytest.fixture(scope="module")
-def done(template_db, tmp_path_factory, content, style) -> Iterator[Done]:
+def done(new_store, tmp_path_factory, content, style) -> Iterator[Done]:
     folder = tmp_path_factory.mktemp("sweep")
-    uri = _store(template_db, folder / "store")
+    uri = new_store(folder / "store")
     queue = JobQueue(uri, devices=["cpu"], preview_every=1, fallback_dir=folder / "unsaved")
     try:
         start = time.monotonic()
@@ -342,7 +290,7 @@ def test_sweep_of_tiny_runs_takes_seconds(done):
 
 
 def test_bad_input_submits_nothing(uri, make_queue, content):
-    queue = make_queue(uri)
+    queue = make_queue(uri, preview_every=1)
     with pytest.raises(InputError, match="style image 1"):
         submit_sweep(queue, BASE, AXES, content, (b"not an image",))
     with pytest.raises(InputError, match="Unknown sweep parameter"):
@@ -352,7 +300,7 @@ def test_bad_input_submits_nothing(uri, make_queue, content):
 
 def test_a_sweep_whose_watcher_died_is_finalised_from_mlflow_alone(uri, make_queue, content, style, monkeypatch):
     monkeypatch.setattr(sweep.SweepHandle, "_watch", lambda self: None)  # the watcher "dies" at once
-    queue = make_queue(uri)
+    queue = make_queue(uri, preview_every=1)
     handle = submit_sweep(queue, BASE, [SweepAxis("seed", ("1", "2"))], content, (style,))
     assert finalise_sweep(uri, handle.parent_run_id) == "RUNNING"  # children still queued: not yet
     assert load_run(uri, handle.parent_run_id).status == "RUNNING"
@@ -371,7 +319,7 @@ def test_a_sweep_whose_watcher_died_is_finalised_from_mlflow_alone(uri, make_que
 
 
 def test_a_cancelled_sweep_ends_killed_and_its_grid_shows_it_live(uri, make_queue, content, style):
-    queue = make_queue(uri)
+    queue = make_queue(uri, preview_every=1)
     handle = submit_sweep(queue, BUSY, [SweepAxis("beta", ("1e4", "1e5", "1e6"))], content, (style,))
     deadline = time.monotonic() + TIMEOUT_S
     while queue.progress(handle.run_ids[0]).step < 1:
@@ -398,7 +346,7 @@ def test_a_sweep_whose_runs_all_fail_ends_failed_with_the_reason(uri, make_queue
         raise InputError("the optimisation diverged at once")
 
     monkeypatch.setattr(jobs, "transfer", broken)
-    queue = make_queue(uri)
+    queue = make_queue(uri, preview_every=1)
     handle = submit_sweep(queue, BASE, [SweepAxis("beta", ("1e4", "1e5"))], content, (style,))
     assert handle.wait(TIMEOUT_S)
     parent = load_run(uri, handle.parent_run_id)
