@@ -11,6 +11,7 @@ navigation = st.navigation(
         st.Page("views/runs.py", title="Runs", icon=":material/history:", url_path="runs"),
         st.Page("views/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
         st.Page("views/sweep.py", title="Sweep", icon=":material/grid_view:", url_path="sweep"),
+        st.Page("views/layers.py", title="Layers", icon=":material/layers:", url_path="layers"),
     ]
 )
 sidebar()

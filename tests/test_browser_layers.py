@@ -1,0 +1,87 @@
+"""The layer explorer end to end in a real browser: `streamlit run app.py` against a temporary MLflow store
+(fixtures in conftest.py), Chromium opening /layers, uploading C and S, seeing the feature-map grid, then
+starting a content-reconstruction strip at a tiny size and watching its labelled strip fill in.
+
+Screenshots land in test-artifacts/screenshots/layers-*.png (look at them after a run).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from engine import images
+
+pytest.importorskip("playwright.sync_api")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "images"
+SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium is not installed (apt-get install chromium)"),
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, start_streamlit):
+    folder = tmp_path_factory.mktemp("browser-layers-store")
+    return start_streamlit(f"sqlite:///{folder}/mlflow.db")
+
+
+@pytest.fixture(scope="module")
+def small_inputs(tmp_path_factory):
+    """C and S at 96 px, so the page's VGG19 passes stay quick on a CPU."""
+    folder = tmp_path_factory.mktemp("layers-inputs")
+    paths = []
+    for name, source in (("content.png", "content/tubingen.jpg"), ("style.png", "style/starry_night.jpg")):
+        path = folder / name
+        images.resize_long_side(images.load_image(SHARED / source), 96).save(path)
+        paths.append(path)
+    return paths
+
+
+def shot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"layers-{name}.png"), full_page=True)
+
+
+def set_number(page, label: str, value: int) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    page.wait_for_timeout(400)
+
+
+def test_layers_page_shows_feature_maps_and_a_reconstruction_strip(server, browser, small_inputs):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(f"{server}/layers")
+    page.get_by_text("Upload an image (or pick a recent run)").wait_for()
+    uploads = page.locator("input[type=file]")
+    uploads.nth(0).set_input_files(str(small_inputs[0]))
+    uploads.nth(1).set_input_files(str(small_inputs[1]))
+    page.get_by_text("Strongest 16 channels of relu3_1").wait_for()
+    page.get_by_text("that excite ch").wait_for()
+    page.get_by_text("J_style[relu1_1] of content against S").wait_for()
+    shot(page, "1-activations")
+
+    set_number(page, "Strip size (px)", 32)
+    set_number(page, "Steps per layer", 3)
+    page.get_by_role("button", name="Content reconstructions").click()
+    page.get_by_text("Content reconstructions (32 px, 3 steps)").wait_for()
+    for layer in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"):
+        page.get_by_role("link", name=layer, exact=True).wait_for()
+    page.get_by_text("· finished").wait_for(timeout=120_000)  # the parent ends once every layer has
+    strip = page.get_by_text("relu1_1 | relu2_1 | relu3_1 | relu4_1 | relu5_1")
+    strip.wait_for()
+    strip.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    shot(page, "2-strip")
+    page.get_by_text("finished", exact=True).nth(4).wait_for()  # each layer's caption
+    context.close()
