@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS
 from mlflow import MlflowClient
 
 from engine import images
@@ -24,9 +25,6 @@ from engine.jobs import JobQueue
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "images"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 
 
 def png_bytes(path: Path, long_side: int = 64) -> bytes:

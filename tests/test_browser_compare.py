@@ -8,11 +8,11 @@ Screenshots land in test-artifacts/screenshots/compare-*.png (look at them after
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from browser_helpers import BROWSER_TEST, SCREENSHOTS, shot
 
 from engine import images, tracking
 from engine.config import TransferConfig
@@ -21,14 +21,9 @@ pytest.importorskip("playwright.sync_api")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "images"
-SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TINY = TransferConfig(size=64, steps=4, coarse_levels=0, init="content")  # from C: results that look like something
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium is not installed (apt-get install chromium)"),
-]
+pytestmark = BROWSER_TEST
 
 
 class Served(NamedTuple):
@@ -50,11 +45,6 @@ def runs_and_server(tmp_path_factory, start_streamlit):
         _, tracker = tracking.tracked_transfer(content, [style], config, tracking_uri=uri, run_name=name)
         ids.append(tracker.run_id)
     return Served(ids, start_streamlit(uri), uri)
-
-
-def shot(page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"compare-{name}.png"), full_page=True)
 
 
 def loaded(page, selector: str) -> int:

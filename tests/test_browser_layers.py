@@ -7,10 +7,10 @@ Screenshots land in test-artifacts/screenshots/layers-*.png (look at them after 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
+from browser_helpers import BROWSER_TEST, set_number, shot
 
 from engine import images
 
@@ -18,13 +18,8 @@ pytest.importorskip("playwright.sync_api")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "images"
-SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium is not installed (apt-get install chromium)"),
-]
+pytestmark = BROWSER_TEST
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +38,6 @@ def small_inputs(tmp_path_factory):
         images.resize_long_side(images.load_image(SHARED / source), 96).save(path)
         paths.append(path)
     return paths
-
-
-def shot(page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"layers-{name}.png"), full_page=True)
-
-
-def set_number(page, label: str, value: int) -> None:
-    box = page.get_by_label(label, exact=True)
-    box.fill(str(value))
-    box.press("Enter")
-    page.wait_for_timeout(400)
 
 
 def test_layers_page_shows_feature_maps_and_a_reconstruction_strip(server, browser, small_inputs):
