@@ -160,6 +160,17 @@ class TransferConfig:
         return cls.from_params(json.loads(text)["params"])
 
 
+def check_style_images(style_blend: tuple[float, ...], count: int) -> None:
+    """Raise InputError unless there is a style image and, when blend weights are given, one per image."""
+    if count < 1:
+        raise InputError("Give at least one style image.")
+    if style_blend and len(style_blend) != count:
+        raise InputError(
+            f"style_blend has {len(style_blend)} weights but there are {count} style images. "
+            "Give one weight per style image, or none for equal weights."
+        )
+
+
 def knob_help() -> dict[str, str]:
     """Help text of each knob, for command-line flags and UI tooltips."""
     return {f.name: f.metadata["help"] for f in dataclasses.fields(TransferConfig)}

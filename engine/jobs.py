@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from engine import images, tracking
-from engine.config import TransferConfig
+from engine.config import TransferConfig, check_style_images
 from engine.device import device_name, flops_per_iteration, pick_device
 from engine.errors import InputError
 from engine.transfer import StepReport, TransferResult, transfer
@@ -239,16 +239,9 @@ class JobQueue:
             raise ValueError(f"source must be one of {tracking.SOURCES}, got {spec.source!r}")
         self._check_open()
         content = images.load_image(spec.content, name="content image")
-        if not spec.styles:
-            raise InputError("Give at least one style image.")
+        check_style_images(spec.config.style_blend, len(spec.styles))
         for i, style in enumerate(spec.styles):
             images.load_image(style, name=f"style image {i + 1}")
-        blend = spec.config.style_blend
-        if blend and len(blend) != len(spec.styles):
-            raise InputError(
-                f"style_blend has {len(blend)} weights but there are {len(spec.styles)} style images. "
-                "Give one weight per style image, or none for equal weights."
-            )
         uri = tracking.check_reachable(self.tracking_uri)
         tracker = tracking.RunTracker(
             uri,

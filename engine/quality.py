@@ -33,10 +33,9 @@ import torch
 from PIL import Image
 
 from engine import images
-from engine.config import GATYS_STYLE_LAYERS, TransferConfig
+from engine.config import GATYS_STYLE_LAYERS, TransferConfig, check_style_images
 from engine.costs import Objective
 from engine.device import pick_device
-from engine.errors import InputError
 from engine.transfer import feature_net
 
 __all__ = ["REFERENCE", "REFERENCE_SIZE", "reference_costs"]
@@ -110,11 +109,8 @@ def reference_costs(
     are computed once and cached for the next result of the same inputs (a sweep's children).
     `style_blend` weighs several style images as in the run (default: equal).
     """
-    if not styles:
-        raise InputError("Give at least one style image.")
     blend = tuple(float(w) for w in style_blend or ())
-    if blend and len(blend) != len(styles):
-        raise InputError(f"style_blend has {len(blend)} weights but there are {len(styles)} style images.")
+    check_style_images(blend, len(styles))
     device = torch.device(device) if device is not None else pick_device()
     content_ref = images.resize_long_side(_rgb(content), REFERENCE_SIZE)
     styles_ref = [images.resize_long_side(_rgb(s), REFERENCE_SIZE) for s in styles]

@@ -38,7 +38,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from engine import images, tracking
-from engine.config import GATYS_STYLE_LAYERS, TransferConfig
+from engine.config import GATYS_STYLE_LAYERS, TransferConfig, check_style_images
 from engine.errors import InputError
 from engine.jobs import JobQueue, JobSpec
 from engine.vgg import LAYER_NAMES, check_layer
@@ -356,17 +356,14 @@ def submit_sweep(
     settings = expand(base, axes)
     styles = tuple(bytes(s) for s in styles)
     content = bytes(content)
-    if not styles:
-        raise InputError("Give at least one style image.")
     images.load_image(content, name="content image")
     for i, style in enumerate(styles):
         images.load_image(style, name=f"style image {i + 1}")
     for labels, config in settings:
-        if config.style_blend and len(config.style_blend) != len(styles):
-            raise InputError(
-                f"Sweep setting {_label(labels)}: style_blend has {len(config.style_blend)} weights but there "
-                f"are {len(styles)} style images."
-            )
+        try:
+            check_style_images(config.style_blend, len(styles))
+        except InputError as exc:
+            raise InputError(f"Sweep setting {_label(labels)}: {exc}") from None
     uri = tracking.check_reachable(queue.tracking_uri)
     cols = _shape(axes)[1]
     params = base.to_params() | {

@@ -59,7 +59,7 @@ from PIL import Image
 
 import engine
 from engine import images
-from engine.config import TransferConfig
+from engine.config import TransferConfig, check_style_images
 from engine.device import device_name, pick_device
 from engine.errors import InputError
 from engine.quality import reference_costs
@@ -348,8 +348,7 @@ class RunTracker:
         drain_timeout_s: float = 60.0,
         quality: bool = True,
     ) -> None:
-        if not styles:
-            raise InputError("Give at least one style image.")
+        check_style_images((), len(styles))
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
         if status not in ("RUNNING", "SCHEDULED"):

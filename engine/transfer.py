@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from engine import images
-from engine.config import TransferConfig
+from engine.config import TransferConfig, check_style_images
 from engine.costs import Costs, Objective
 from engine.device import check_fits, enable_gpu_basics, pick_device
 from engine.errors import InputError
@@ -96,12 +96,7 @@ def transfer(
     `should_stop()` is polled every iteration; when it returns True the run ends cleanly and the best
     image so far is returned with `stopped="cancelled"`.
     """
-    if not styles:
-        raise InputError("Give at least one style image.")
-    if config.style_blend and len(config.style_blend) != len(styles):
-        raise InputError(
-            f"style_blend has {len(config.style_blend)} weights but there are {len(styles)} style images."
-        )
+    check_style_images(config.style_blend, len(styles))
     device = torch.device(device) if device is not None else pick_device()
     if device.type == "cuda":
         enable_gpu_basics()
