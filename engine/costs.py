@@ -31,7 +31,11 @@ def gram_matrix(a: torch.Tensor) -> torch.Tensor:
 
     `a` has shape (B, n_C, n_H, n_W); i, j run over n_H and n_W.
     """
-    f = _at_least_fp32(a).flatten(2)  # (B, n_C, n_H·n_W)
+    a = _at_least_fp32(a)
+    if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last):
+        x = a.permute(0, 2, 3, 1).flatten(1, 2)  # (B, n_H·n_W, n_C), a view of channels-last memory
+        return x.transpose(1, 2) @ x
+    f = a.flatten(2)  # (B, n_C, n_H·n_W)
     return f @ f.transpose(1, 2)
 
 

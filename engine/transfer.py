@@ -57,10 +57,9 @@ class TransferResult:
 
 @functools.lru_cache(maxsize=4)
 def _feature_net(layers: tuple[str, ...], source: str, pooling: str, device: str) -> VGGFeatures:
-    net = VGGFeatures(layers, source=source, pooling=pooling).to(device)
-    if torch.device(device).type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
-    return net
+    # channels-last suits cuDNN and oneDNN alike (measured on this CPU: 274 against 307-342 ms for a
+    # forward and backward at 256×192)
+    return VGGFeatures(layers, source=source, pooling=pooling).to(device, memory_format=torch.channels_last)
 
 
 def feature_net(config: TransferConfig, device: torch.device) -> VGGFeatures:
@@ -187,14 +186,14 @@ def _iterations(
     g0: torch.Tensor, objective: Objective, net: VGGFeatures, config: TransferConfig, steps: int
 ) -> Iterator[tuple[torch.Tensor, Costs]]:
     """Optimise G from `g0`, yielding (the G evaluated at this iteration, its costs) once per iteration."""
-    g = g0.contiguous(memory_format=torch.channels_last) if g0.is_cuda else g0
+    g = g0.contiguous()  # plain layout: torch's L-BFGS flattens the gradient with .view(-1)
     g.requires_grad_(True)
     optimizer = _make_optimizer(config, g)
     evaluated: list[tuple[torch.Tensor, Costs]] = []
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        costs = objective(net(g), g)
+        costs = objective(net(g.contiguous(memory_format=torch.channels_last)), g)
         costs.total.sum().backward()
         evaluated.append((g.detach().clone(), _detach(costs)))
         return costs.total.sum()

@@ -109,3 +109,8 @@ def test_objective_blends_style_grams_by_weight():
     )  # fmt: skip
     expected = 0.75 * normalised_gram(a1) + 0.25 * normalised_gram(a2)
     assert torch.allclose(objective.gram_relu1_1, expected)
+
+
+def test_gram_matrix_is_the_same_for_channels_last_activations():
+    a = torch.randn(2, 5, 4, 3)
+    assert torch.allclose(gram_matrix(a.contiguous(memory_format=torch.channels_last)), gram_matrix(a), atol=1e-5)
