@@ -36,16 +36,6 @@ TIMEOUT_S = 60
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def content(content_png) -> bytes:
-    return content_png
-
-
-@pytest.fixture(scope="module")
-def style(style_png) -> bytes:
-    return style_png
-
-
 def _spec(content: bytes, style: bytes, config: TransferConfig = CONFIG, **kwargs) -> JobSpec:
     return JobSpec(config=config, content=content, styles=(style,), **kwargs)
 
@@ -92,12 +82,12 @@ class ThreeJobs:
 
 
 @pytest.fixture(scope="module")
-def three_jobs(new_store, tmp_path_factory, content, style) -> Iterator[ThreeJobs]:
+def three_jobs(new_store, tmp_path_factory, content_png, style_png) -> Iterator[ThreeJobs]:
     uri = new_store(tmp_path_factory.mktemp("three"))
     queue = JobQueue(uri, devices=["cpu"], preview_every=2, fallback_dir=tmp_path_factory.mktemp("unsaved"))
     try:
         configs = [CONFIG.replace(steps=40), CONFIG.replace(steps=3, seed=1), CONFIG.replace(steps=4, seed=2)]
-        ids = [queue.submit(_spec(content, style, config)) for config in configs]
+        ids = [queue.submit(_spec(content_png, style_png, config)) for config in configs]
         _wait(queue, ids[0], lambda p: p.state == "running", "running")
         while_first_runs = {rid: queue.progress(rid) for rid in ids}
         length = queue.queue_length()
@@ -130,7 +120,7 @@ def test_every_job_finishes_as_a_finished_mlflow_run_under_its_job_id(three_jobs
     assert [p.run_id for p in three_jobs.queue.jobs()] == three_jobs.ids[::-1]  # newest first
 
 
-def test_progress_has_one_history_entry_per_step_and_the_result_image(three_jobs, content):
+def test_progress_has_one_history_entry_per_step_and_the_result_image(three_jobs, content_png):
     for rid in three_jobs.ids:
         progress = three_jobs.done[rid]
         total = progress.total_steps
@@ -162,10 +152,10 @@ def test_finished_runs_give_the_queue_a_measured_seconds_per_gflop(three_jobs):
 # Cancelling
 
 
-def test_cancelling_a_queued_job_kills_its_run_before_it_ever_runs(uri, make_queue, content, style):
+def test_cancelling_a_queued_job_kills_its_run_before_it_ever_runs(uri, make_queue, content_png, style_png):
     queue = make_queue(uri)
-    busy = queue.submit(_spec(content, style, BUSY))
-    waiting = queue.submit(_spec(content, style))
+    busy = queue.submit(_spec(content_png, style_png, BUSY))
+    waiting = queue.submit(_spec(content_png, style_png))
     _wait(queue, busy, lambda p: p.state == "running", "running")
 
     assert queue.cancel(waiting) is True
@@ -185,9 +175,9 @@ def test_cancelling_a_queued_job_kills_its_run_before_it_ever_runs(uri, make_que
     assert not _has_artifact(uri, waiting, "result.png")
 
 
-def test_cancelling_a_running_job_kills_it_with_the_best_image_as_result(uri, make_queue, content, style):
+def test_cancelling_a_running_job_kills_it_with_the_best_image_as_result(uri, make_queue, content_png, style_png):
     queue = make_queue(uri)
-    run_id = queue.submit(_spec(content, style, BUSY))
+    run_id = queue.submit(_spec(content_png, style_png, BUSY))
     _wait(queue, run_id, lambda p: p.step >= 2, "at step 2")
 
     assert queue.cancel(run_id) is True
@@ -204,7 +194,7 @@ def test_cancelling_a_running_job_kills_it_with_the_best_image_as_result(uri, ma
 # Failures
 
 
-def test_a_job_failing_in_the_worker_fails_its_run_and_the_next_job_still_runs(uri, make_queue, content, style):
+def test_a_job_failing_in_the_worker_fails_its_run_and_the_next_job_still_runs(uri, make_queue, content_png, style_png):
     too_big = CONFIG.replace(size=MAX_SIZE)
     try:  # the content is 4:3, so the run would be 4096×3072: ~40 GiB, more than this machine has
         check_fits(MAX_SIZE * 3 // 4, MAX_SIZE, "relu5_1", torch.device("cpu"))
@@ -213,8 +203,8 @@ def test_a_job_failing_in_the_worker_fails_its_run_and_the_next_job_still_runs(u
     else:
         pytest.skip("this machine has the memory for a 4096-px run; the test needs one that does not")
     queue = make_queue(uri)
-    failing = queue.submit(_spec(content, style, too_big))
-    after = queue.submit(_spec(content, style))
+    failing = queue.submit(_spec(content_png, style_png, too_big))
+    after = queue.submit(_spec(content_png, style_png))
 
     failed = _wait_done(queue, failing)
     assert failed.state == "failed"
@@ -225,24 +215,24 @@ def test_a_job_failing_in_the_worker_fails_its_run_and_the_next_job_still_runs(u
     assert runs.loc[after, "status"] == "FINISHED"
 
 
-def test_submitting_a_file_that_is_not_an_image_raises_and_creates_no_run(uri, make_queue, content, style):
+def test_submitting_a_file_that_is_not_an_image_raises_and_creates_no_run(uri, make_queue, content_png, style_png):
     queue = make_queue(uri)
     with pytest.raises(InputError, match="content image is not an image"):
-        queue.submit(_spec(b"%PDF-1.4 not an image", style))
+        queue.submit(_spec(b"%PDF-1.4 not an image", style_png))
     with pytest.raises(InputError, match="style image 2 is not an image"):
-        queue.submit(JobSpec(config=CONFIG, content=content, styles=(style, b"hello")))
+        queue.submit(JobSpec(config=CONFIG, content=content_png, styles=(style_png, b"hello")))
     with pytest.raises(InputError, match="style_blend has 2 weights but there are 1 style images"):
-        queue.submit(_spec(content, style, CONFIG.replace(style_blend=(0.5, 0.5))))
+        queue.submit(_spec(content_png, style_png, CONFIG.replace(style_blend=(0.5, 0.5))))
     with pytest.raises(InputError, match="at least one style image"):
-        queue.submit(JobSpec(config=CONFIG, content=content, styles=()))
+        queue.submit(JobSpec(config=CONFIG, content=content_png, styles=()))
     assert list_runs(uri).empty
     assert queue.jobs() == [] and queue.queue_length() == 0
 
 
-def test_an_unreachable_tracking_server_is_refused_at_submit(make_queue, content, style):
+def test_an_unreachable_tracking_server_is_refused_at_submit(make_queue, content_png, style_png):
     queue = make_queue("http://127.0.0.1:9")  # starting the queue itself must not fail or hang
     with pytest.raises(InputError, match=r"Cannot reach the MLflow tracking server at http://127\.0\.0\.1:9"):
-        queue.submit(_spec(content, style))
+        queue.submit(_spec(content_png, style_png))
     assert queue.jobs() == [] and queue.queue_length() == 0
 
 
@@ -269,7 +259,7 @@ def test_a_new_queue_fails_runs_that_a_dead_process_left_scheduled(uri, make_que
 # Shutdown
 
 
-def test_shutdown_stops_the_worker_threads_and_cancels_its_jobs(uri, make_queue, content, style):
+def test_shutdown_stops_the_worker_threads_and_cancels_its_jobs(uri, make_queue, content_png, style_png):
     queue = make_queue(uri, devices=["cpu", "cpu"])
 
     def workers() -> list[threading.Thread]:
@@ -277,8 +267,8 @@ def test_shutdown_stops_the_worker_threads_and_cancels_its_jobs(uri, make_queue,
         return [t for t in threading.enumerate() if t.name.startswith(prefix) and not t.name.endswith("shutdown")]
 
     assert len(workers()) == 2 and all(t.daemon for t in workers())
-    running = [queue.submit(_spec(content, style, BUSY)) for _ in range(2)]
-    waiting = queue.submit(_spec(content, style))
+    running = [queue.submit(_spec(content_png, style_png, BUSY)) for _ in range(2)]
+    waiting = queue.submit(_spec(content_png, style_png))
     for rid in running:
         _wait(queue, rid, lambda p: p.step >= 1, "at step 1")
 
@@ -290,7 +280,7 @@ def test_shutdown_stops_the_worker_threads_and_cancels_its_jobs(uri, make_queue,
     assert all(_has_artifact(uri, rid, "result.png") for rid in running)
     assert queue.queue_length() == 0
     with pytest.raises(RuntimeError, match="shut down"):
-        queue.submit(_spec(content, style))
+        queue.submit(_spec(content_png, style_png))
 
 
 # --------------------------------------------------------------------------------------------------

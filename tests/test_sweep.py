@@ -44,16 +44,6 @@ TIMEOUT_S = 120
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def content(content_png) -> bytes:
-    return content_png
-
-
-@pytest.fixture(scope="module")
-def style(style_png) -> bytes:
-    return style_png
-
-
 class Done:
     """The 2×2 sweep of tiny runs, run once for the module."""
 
@@ -64,13 +54,13 @@ class Done:
 
 
 @pytest.fixture(scope="module")
-def done(new_store, tmp_path_factory, content, style) -> Iterator[Done]:
+def done(new_store, tmp_path_factory, content_png, style_png) -> Iterator[Done]:
     folder = tmp_path_factory.mktemp("sweep")
     uri = new_store(folder / "store")
     queue = JobQueue(uri, devices=["cpu"], preview_every=1, fallback_dir=folder / "unsaved")
     try:
         start = time.monotonic()
-        handle = submit_sweep(queue, BASE, AXES, content, (style,), name="tiny sweep")
+        handle = submit_sweep(queue, BASE, AXES, content_png, (style_png,), name="tiny sweep")
         assert handle.wait(TIMEOUT_S), "the sweep did not end in time"
         yield Done(uri, handle, time.monotonic() - start)
     finally:
@@ -289,19 +279,21 @@ def test_sweep_of_tiny_runs_takes_seconds(done):
 # Ends other than FINISHED, and recovering a sweep from MLflow
 
 
-def test_bad_input_submits_nothing(uri, make_queue, content):
+def test_bad_input_submits_nothing(uri, make_queue, content_png):
     queue = make_queue(uri, preview_every=1)
     with pytest.raises(InputError, match="style image 1"):
-        submit_sweep(queue, BASE, AXES, content, (b"not an image",))
+        submit_sweep(queue, BASE, AXES, content_png, (b"not an image",))
     with pytest.raises(InputError, match="Unknown sweep parameter"):
-        submit_sweep(queue, BASE, [SweepAxis("lamda.relu3_1", ("1",))], content, (content,))
+        submit_sweep(queue, BASE, [SweepAxis("lamda.relu3_1", ("1",))], content_png, (content_png,))
     assert list_runs(uri).empty
 
 
-def test_a_sweep_whose_watcher_died_is_finalised_from_mlflow_alone(uri, make_queue, content, style, monkeypatch):
+def test_a_sweep_whose_watcher_died_is_finalised_from_mlflow_alone(
+    uri, make_queue, content_png, style_png, monkeypatch
+):
     monkeypatch.setattr(sweep.SweepHandle, "_watch", lambda self: None)  # the watcher "dies" at once
     queue = make_queue(uri, preview_every=1)
-    handle = submit_sweep(queue, BASE, [SweepAxis("seed", ("1", "2"))], content, (style,))
+    handle = submit_sweep(queue, BASE, [SweepAxis("seed", ("1", "2"))], content_png, (style_png,))
     assert finalise_sweep(uri, handle.parent_run_id) == "RUNNING"  # children still queued: not yet
     assert load_run(uri, handle.parent_run_id).status == "RUNNING"
     with pytest.raises(InputError):
@@ -318,9 +310,9 @@ def test_a_sweep_whose_watcher_died_is_finalised_from_mlflow_alone(uri, make_que
     assert len(image_steps(uri, handle.parent_run_id, key="contact_sheet")) == 1
 
 
-def test_a_cancelled_sweep_ends_killed_and_its_grid_shows_it_live(uri, make_queue, content, style):
+def test_a_cancelled_sweep_ends_killed_and_its_grid_shows_it_live(uri, make_queue, content_png, style_png):
     queue = make_queue(uri, preview_every=1)
-    handle = submit_sweep(queue, BUSY, [SweepAxis("beta", ("1e4", "1e5", "1e6"))], content, (style,))
+    handle = submit_sweep(queue, BUSY, [SweepAxis("beta", ("1e4", "1e5", "1e6"))], content_png, (style_png,))
     deadline = time.monotonic() + TIMEOUT_S
     while queue.progress(handle.run_ids[0]).step < 1:
         assert time.monotonic() < deadline
@@ -341,13 +333,13 @@ def test_a_cancelled_sweep_ends_killed_and_its_grid_shows_it_live(uri, make_queu
     assert cancel_sweep(uri, handle.parent_run_id, queue=queue) == 0  # over already: nothing to do
 
 
-def test_a_sweep_whose_runs_all_fail_ends_failed_with_the_reason(uri, make_queue, content, style, monkeypatch):
+def test_a_sweep_whose_runs_all_fail_ends_failed_with_the_reason(uri, make_queue, content_png, style_png, monkeypatch):
     def broken(*args, **kwargs):
         raise InputError("the optimisation diverged at once")
 
     monkeypatch.setattr(jobs, "transfer", broken)
     queue = make_queue(uri, preview_every=1)
-    handle = submit_sweep(queue, BASE, [SweepAxis("beta", ("1e4", "1e5"))], content, (style,))
+    handle = submit_sweep(queue, BASE, [SweepAxis("beta", ("1e4", "1e5"))], content_png, (style_png,))
     assert handle.wait(TIMEOUT_S)
     parent = load_run(uri, handle.parent_run_id)
     assert parent.status == "FAILED" == handle.status
