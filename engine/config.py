@@ -22,7 +22,9 @@ from engine.vgg import LAYER_INDEX, WEIGHT_SOURCES, check_layer
 GATYS_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 OPTIMIZERS = ("lbfgs", "adam")
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
-INITS = ("noise", "content", "blend")
+PRECISIONS = ("auto", "fp32", "bf16")
+HISTORY = 100
+INITS = ("noise", "content", "blend", "adain")
 POOLINGS = ("max", "avg")
 MIN_SIZE, MAX_SIZE = 16, 4096
 MAX_STEPS = 100_000
@@ -48,7 +50,13 @@ class TransferConfig:
     steps: int = _knob(150, "optimizer iterations at the output size")
     optimizer: str = _knob("lbfgs", "lbfgs or adam")
     lr: float | None = _knob(None, "learning rate (default: 1 for lbfgs, 0.02 for adam)")
-    init: str = _knob("noise", "start G from white noise, the content image, or a blend of both")
+    history: int = _knob(HISTORY, "L-BFGS history: how many past steps shape its curvature estimate")
+    precision: str = _knob(
+        "auto", "fp32, or bf16 convolutions with Grams and costs in fp32; auto: bf16 on a CUDA GPU, fp32 on the CPU"
+    )
+    init: str = _knob(
+        "noise", "start G from white noise, the content image, a blend of both, or the AdaIN one-pass stylisation"
+    )
     init_blend: float = _knob(0.5, "content's share in the blend init, 0..1")
     seed: int = _knob(0, "random seed of the noise init")
     tv_weight: float = _knob(0.0, "total-variation weight (smooths G)")
@@ -87,6 +95,8 @@ class TransferConfig:
         set_("lr", DEFAULT_LR[self.optimizer] if self.lr is None else _number("lr", self.lr))
         if self.lr <= 0:
             raise InputError(f"lr must be positive, got {self.lr}.")
+        set_("history", _integer("history", self.history, 1, 1000))
+        set_("precision", _choice("precision", self.precision, PRECISIONS))
         set_("init", _choice("init", self.init, INITS))
         if self.init_blend > 1:
             raise InputError(f"init_blend is the content's share, between 0 and 1; got {self.init_blend}.")
@@ -169,6 +179,12 @@ def check_style_images(style_blend: tuple[float, ...], count: int) -> None:
             f"style_blend has {len(style_blend)} weights but there are {count} style images. "
             "Give one weight per style image, or none for equal weights."
         )
+
+
+def dominant_style(style_blend: tuple[float, ...], count: int) -> int:
+    """Index of the most weighted of `count` style images (the first on a tie): the one the AdaIN init uses."""
+    blend = style_blend or (1.0,) * count
+    return max(range(count), key=blend.__getitem__)
 
 
 def knob_help() -> dict[str, str]:

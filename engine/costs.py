@@ -8,7 +8,7 @@ bf16: Gram entries are sums over n_H·n_W products and lose too much precision o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -82,11 +82,16 @@ class Costs:
         return {k: float(v[index]) for k, v in out.items()}
 
 
+Weight = float | Sequence[float]  # one value for every image of the batch, or one per image
+
+
 class Objective(nn.Module):
     """J(G) = α·J_content(C, G) + β·Σ_l λ[l]·J_style[l](S, G) + tv_weight·TV(G).
 
     Targets (C's activations at the content layer, S's normalised Grams) are buffers computed once.
     Several style images blend by a weighted mean of their normalised Grams (weights sum to 1).
+    Each weight (α, β, tv_weight, every λ[l]) is one number, or one per image of the batch: a batched
+    λ sweep optimises B images against the same targets, each with its own weights.
     """
 
     def __init__(
@@ -95,29 +100,34 @@ class Objective(nn.Module):
         style_features: list[Mapping[str, torch.Tensor]],
         *,
         content_layer: str,
-        lambdas: Mapping[str, float],
-        alpha: float,
-        beta: float,
-        tv_weight: float = 0.0,
+        lambdas: Mapping[str, Weight],
+        alpha: Weight,
+        beta: Weight,
+        tv_weight: Weight = 0.0,
         style_blend: list[float] | None = None,
     ):
         super().__init__()
         self.content_layer = content_layer
-        self.lambdas = dict(lambdas)
-        self.alpha, self.beta, self.tv_weight = float(alpha), float(beta), float(tv_weight)
+        self.style_layers = tuple(lambdas)
+        device = content_features[content_layer].device
+        weight = lambda value: torch.as_tensor(value, dtype=torch.float32, device=device)  # noqa: E731
+        self.register_buffer("alpha", weight(alpha))
+        self.register_buffer("beta", weight(beta))
+        self.register_buffer("tv_weight", weight(tv_weight))
         blend = style_blend or [1.0] * len(style_features)
         blend = [w / sum(blend) for w in blend]
         self.register_buffer("content_target", content_features[content_layer].detach().float())
-        for layer in self.lambdas:
+        for layer, value in lambdas.items():
+            self.register_buffer(f"lambda_{layer}", weight(value))
             target = sum(w * normalised_gram(f[layer].detach()) for w, f in zip(blend, style_features, strict=True))
             self.register_buffer(f"gram_{layer}", target)
 
     def forward(self, features: Mapping[str, torch.Tensor], image: torch.Tensor) -> Costs:
         content = content_cost(features[self.content_layer], self.content_target)
         per_layer = {
-            layer: style_layer_cost(features[layer], getattr(self, f"gram_{layer}")) for layer in self.lambdas
+            layer: style_layer_cost(features[layer], getattr(self, f"gram_{layer}")) for layer in self.style_layers
         }
-        style = sum(self.lambdas[layer] * cost for layer, cost in per_layer.items())
+        style = sum(getattr(self, f"lambda_{layer}") * cost for layer, cost in per_layer.items())
         if not per_layer:
             style = torch.zeros_like(content)
         tv = tv_cost(image)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import TYPE_CHECKING
 
 import torch
 
 from engine.errors import InputError
+
+if TYPE_CHECKING:
+    from engine.config import TransferConfig
 from engine.vgg import LAYER_INDEX, LAYER_NAMES, layer_channels, layer_stride
 
 # Peak memory ≈ FIXED + BYTES_PER_ACTIVATION · Σ activation elements (see `activation_elements`).
@@ -16,6 +20,7 @@ from engine.vgg import LAYER_INDEX, LAYER_NAMES, layer_channels, layer_stride
 # autograd keeps each ReLU's output and each pool's input and indices (fp32), and backward holds two
 # layers' gradients, so ~11 B/element; benchmarks/memory.py --device cuda checks it where one is lent.
 BYTES_PER_ACTIVATION = {"cpu": 5.5, "cuda": 11.0}
+BF16_SHARE = 0.6  # bf16 halves the saved activations but not the fp32 Grams and costs; a guess until measured
 FIXED_BYTES = {"cpu": 900 * 2**20, "cuda": 300 * 2**20}
 
 
@@ -69,11 +74,35 @@ def flops_per_iteration(height: int, width: int, deepest_layer: str) -> float:
     return 2 * forward
 
 
-def estimate_peak_bytes(height: int, width: int, deepest_layer: str, device: torch.device, batch: int = 1) -> int:
+def optimizer_bytes(height: int, width: int, history: int) -> int:
+    """Per image: L-BFGS keeps `history` pairs (s, y) of G-sized fp32 vectors plus ~8 more (G, its
+    gradient, the previous step and gradient, the best G, the direction and temporaries)."""
+    return (2 * history + 8) * 3 * height * width * 4
+
+
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """Whether the network runs in bf16: asked for, or `auto` on a CUDA GPU that has it."""
+    if precision == "bf16":
+        return True
+    return precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def estimate_peak_bytes(
+    height: int, width: int, deepest_layer: str, device: torch.device, batch: int = 1, *,
+    history: int = 0, precision: str = "fp32",
+) -> int:  # fmt: skip
     """Peak memory of one optimisation at this size, from the activation count (fitted, ±20 %)."""
     kind = "cuda" if device.type == "cuda" else "cpu"
-    per_image = activation_elements(height, width, deepest_layer) * BYTES_PER_ACTIVATION[kind]
-    return int(FIXED_BYTES[kind] + batch * per_image)
+    per_activation = BYTES_PER_ACTIVATION[kind] * (BF16_SHARE if uses_bf16(precision, device) else 1.0)
+    per_image = activation_elements(height, width, deepest_layer) * per_activation
+    return int(FIXED_BYTES[kind] + batch * (per_image + optimizer_bytes(height, width, history)))
+
+
+def estimate_run_bytes(config: TransferConfig, height: int, width: int, device: torch.device, batch: int = 1) -> int:
+    """`estimate_peak_bytes` for a run of `config` with a final G of height × width."""
+    deepest = max(config.layers, key=LAYER_INDEX.__getitem__)
+    history = config.history if config.optimizer == "lbfgs" else 0
+    return estimate_peak_bytes(height, width, deepest, device, batch, history=history, precision=config.precision)
 
 
 def available_bytes(device: torch.device) -> int:
@@ -89,9 +118,9 @@ def available_bytes(device: torch.device) -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def check_fits(height: int, width: int, deepest_layer: str, device: torch.device, batch: int = 1) -> int:
-    """Raise InputError, before any compute, when the run would not fit the device's memory."""
-    need = estimate_peak_bytes(height, width, deepest_layer, device, batch)
+def check_fits(need: int, height: int, width: int, device: torch.device) -> int:
+    """Raise InputError, before any compute, when a run needing `need` bytes (see `estimate_run_bytes`)
+    at height × width would not fit the device's memory."""
     have = available_bytes(device)
     if need > 0.9 * have:
         fixed = FIXED_BYTES["cuda" if device.type == "cuda" else "cpu"]

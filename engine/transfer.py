@@ -7,9 +7,10 @@ only through `on_step(StepReport)`; logging and UI live with the callers. No Str
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -17,12 +18,17 @@ import torch.nn.functional as F
 from PIL import Image
 
 from engine import images
-from engine.config import TransferConfig, check_style_images
+from engine.config import TransferConfig, check_style_images, dominant_style
 from engine.costs import Costs, Objective
-from engine.device import check_fits, enable_gpu_basics, pick_device
+from engine.device import check_fits, enable_gpu_basics, estimate_run_bytes, pick_device, uses_bf16
 from engine.errors import InputError
-from engine.vgg import LAYER_INDEX, VGGFeatures
+from engine.lbfgs import BatchedLBFGS
+from engine.vgg import VGGFeatures
 
+log = logging.getLogger(__name__)
+
+CUDA_GRAPHS = True  # replay each L-BFGS iteration as a CUDA graph on GPUs (benchmarks switch it off to compare)
+GRAPH_WARMUP = 3  # eager iterations before capture: cuDNN autotuning and the allocator settle in them
 LBFGS_RESTART_FACTOR = 10.0  # a cost this many times the best so far means L-BFGS overshot
 MAX_NON_FINITE_STEPS = 3  # non-finite costs in a row before a run counts as diverged
 
@@ -67,11 +73,16 @@ def feature_net(config: TransferConfig, device: torch.device) -> VGGFeatures:
     return _feature_net(config.layers, config.weights, config.pooling, str(device))
 
 
-def initial_image(config: TransferConfig, content: torch.Tensor) -> torch.Tensor:
-    """G₀: white noise (the seed), the content image, or `init_blend`·content + (1 − init_blend)·noise.
+def initial_image(config: TransferConfig, content: torch.Tensor, styles: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    """G₀: white noise (the seed), the content image, `init_blend`·content + (1 − init_blend)·noise, or
+    the AdaIN one-pass stylisation of the content after the (most weighted) style image.
 
     Noise is uniform in [0, 1], drawn on the CPU from `config.seed`, so it is the same on every device.
     """
+    if config.init == "adain":
+        from engine.adain import adain_tensor  # its decoder weights load only when asked for
+
+        return adain_tensor(content, styles[dominant_style(config.style_blend, len(styles))])
     generator = torch.Generator().manual_seed(config.seed)
     noise = torch.rand(content.shape, generator=generator).to(content.device)
     if config.init == "noise":
@@ -79,6 +90,29 @@ def initial_image(config: TransferConfig, content: torch.Tensor) -> torch.Tensor
     if config.init == "content":
         return content.clone()
     return config.init_blend * content + (1 - config.init_blend) * noise
+
+
+# Knobs a batch may vary image by image: they change only the costs' weights or G₀, so one network
+# pass serves every image. Every other knob must be equal across a batch.
+BATCH_KNOBS = frozenset({"alpha", "beta", "style_layers", "tv_weight", "seed", "init", "init_blend"})
+
+
+def check_batchable(configs: Sequence[TransferConfig]) -> None:
+    """Raise InputError unless `configs` differ only in `BATCH_KNOBS` (and there is at least one)."""
+    if not configs:
+        raise InputError("A batch needs at least one setting.")
+    first = configs[0].to_params()
+    for config in configs[1:]:
+        params = config.to_params()
+        differ = sorted(
+            k for k in first.keys() | params.keys()
+            if first.get(k) != params.get(k) and k.split(".")[0] not in BATCH_KNOBS | {"lambda"}
+        )  # fmt: skip
+        if differ:
+            raise InputError(
+                f"These settings cannot share a batch: they differ in {', '.join(differ)}. "
+                f"Only {', '.join(sorted(BATCH_KNOBS))} may differ; run the others separately."
+            )
 
 
 def transfer(
@@ -95,77 +129,138 @@ def transfer(
     `should_stop()` is polled every iteration; when it returns True the run ends cleanly and the best
     image so far is returned with `stopped="cancelled"`.
     """
+    report = None if on_step is None else (lambda reports: on_step(reports[0]))
+    return transfer_batch(content, styles, [config], on_step=report, should_stop=should_stop, device=device)[0]
+
+
+def transfer_batch(
+    content: Image.Image,
+    styles: Sequence[Image.Image],
+    configs: Sequence[TransferConfig],
+    *,
+    on_step: Callable[[list[StepReport]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    device: str | torch.device | None = None,
+) -> list[TransferResult]:
+    """Optimise one G per config as one batch: the same network passes, per-image costs and per-image
+    optimizer state, so each result is what its own `transfer` would give (up to floating-point order).
+
+    `on_step` gets one StepReport per config after every iteration. On a GPU the reports trail the
+    device by one iteration, so the host never waits for the iteration it has just queued.
+    """
+    check_batchable(configs)
+    config = configs[0]  # every knob outside BATCH_KNOBS is the same for all
     check_style_images(config.style_blend, len(styles))
     device = torch.device(device) if device is not None else pick_device()
     if device.type == "cuda":
         enable_gpu_basics()
-    deepest = max(config.layers, key=LAYER_INDEX.__getitem__)
+    layers = tuple(dict.fromkeys(layer for c in configs for layer in c.layers))
     final_w, final_h = images.resize_long_side(content, config.size).size
-    check_fits(final_h, final_w, deepest, device)
-    net = feature_net(config, device)
+    need = max(estimate_run_bytes(c, final_h, final_w, device, len(configs)) for c in configs)
+    check_fits(need, final_h, final_w, device)
+    net = _feature_net(layers, config.weights, config.pooling, str(device))
+    bf16 = uses_bf16(config.precision, device)
 
-    start = time.perf_counter()
-    step = 0
-    g: torch.Tensor | None = None
-    best: tuple[torch.Tensor, Costs] | None = None
-    stopped: str | None = None
+    run = _BatchRun(configs, len(configs), time.perf_counter(), on_step, should_stop)
     content_rgb = None
-    for size, steps in config.schedule:
+    for scale, (size, steps) in enumerate(config.schedule):
         content_rgb = images.image_to_tensor(images.resize_long_side(content, size)).to(device)
         content_in, styles_in = _network_inputs(content_rgb, styles, config, device)
-        with torch.no_grad():
-            objective = Objective(
-                net(content_in),
-                [net(s) for s in styles_in],
-                content_layer=config.content_layer,
-                lambdas=config.lambdas,
-                alpha=config.alpha,
-                beta=config.beta,
-                tv_weight=config.tv_weight,
-                style_blend=list(config.style_blend) or None,
-            )
-        if g is None:
-            g = initial_image(config, content_in)
-        else:  # coarse to fine: the previous scale's result, upsampled, starts this scale
-            g = F.interpolate(best[0], size=content_in.shape[-2:], mode="bilinear", align_corners=False)
-        non_finite_in_a_row = 0
-        for point, costs in _iterations(g, objective, net, config, steps):
-            step += 1
-            floats = costs.as_floats()
-            non_finite_in_a_row = 0 if math.isfinite(floats["total"]) else non_finite_in_a_row + 1
-            if non_finite_in_a_row >= MAX_NON_FINITE_STEPS:
-                stopped = "diverged"
-                break
-            if best is None or best[0].shape != point.shape or floats["total"] <= float(best[1].total[0]):
-                best = (point, costs)
-            if on_step is not None:
-                on_step(
-                    StepReport(
-                        step=step,
-                        total_steps=config.total_steps,
-                        size=(point.shape[-1], point.shape[-2]),
-                        costs=floats,
-                        elapsed_s=time.perf_counter() - start,
-                        _image=functools.partial(_to_output, point, content_rgb, config),
-                    )
-                )
-            if should_stop is not None and should_stop():
-                stopped = "cancelled"
-                break
-        if stopped:
+        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            objective = _batch_objective(configs, net(content_in), [net(s) for s in styles_in])
+        if scale == 0:
+            g = torch.cat([initial_image(c, content_in, styles_in) for c in configs])
+        else:  # coarse to fine: the previous scale's best, upsampled, starts this scale
+            g = F.interpolate(run.best_points(), size=content_in.shape[-2:], mode="bilinear", align_corners=False)
+        run.new_scale(content_rgb)
+        _optimise(g, objective, net, config, steps, bf16, run)
+        if run.stopped:
             break
+    return run.results(device)
 
-    if best is None:  # diverged on the very first step
-        raise InputError("The optimisation diverged at once (non-finite cost). Lower lr or the weights.")
-    return TransferResult(
-        image=_to_output(best[0], content_rgb, config),
-        costs=best[1].as_floats(),
-        steps_done=step,
-        total_steps=config.total_steps,
-        elapsed_s=time.perf_counter() - start,
-        device=str(device),
-        stopped=stopped,
+
+def _batch_objective(
+    configs: Sequence[TransferConfig], content_features: dict, style_features: list[dict]
+) -> Objective:
+    """One Objective for the batch: each weight a vector with one entry per config (λ = 0 where a
+    config does not use a layer)."""
+    config = configs[0]
+    layers = tuple(dict.fromkeys(layer for c in configs for layer in c.lambdas))
+    per_image = lambda get: [get(c) for c in configs]  # noqa: E731
+    return Objective(
+        content_features,
+        style_features,
+        content_layer=config.content_layer,
+        lambdas={layer: per_image(lambda c, layer=layer: c.lambdas.get(layer, 0.0)) for layer in layers},
+        alpha=per_image(lambda c: c.alpha),
+        beta=per_image(lambda c: c.beta),
+        tv_weight=per_image(lambda c: c.tv_weight),
+        style_blend=list(config.style_blend) or None,
     )
+
+
+class _BatchRun:
+    """Host-side bookkeeping of a batch: step counts, each image's best G and costs, reports, stopping."""
+
+    def __init__(self, configs, batch, start, on_step, should_stop):
+        self.configs, self.batch, self.start = configs, batch, start
+        self.on_step, self.should_stop = on_step, should_stop
+        self.step = 0
+        self.stopped: str | None = None
+        self.best: list[tuple[torch.Tensor, dict[str, float]] | None] = [None] * batch
+        self.non_finite = [0] * batch
+        self.content_rgb: torch.Tensor | None = None
+
+    def new_scale(self, content_rgb: torch.Tensor) -> None:
+        self.content_rgb = content_rgb
+        self.best = [None] * self.batch  # the result is the best G at the final scale
+
+    def best_points(self) -> torch.Tensor:
+        return torch.cat([best[0] for best in self.best])
+
+    def take(self, point: torch.Tensor, costs: dict[str, list[float]]) -> None:
+        """Record one finished iteration: `point` (B, 3, H, W) is the G it evaluated, `costs` its costs."""
+        self.step += 1
+        reports = []
+        for i, config in enumerate(self.configs):
+            floats = {k: v[i] for k, v in costs.items() if not k.startswith("style/") or k[6:] in config.lambdas}
+            total = floats["total"]
+            self.non_finite[i] = 0 if math.isfinite(total) else self.non_finite[i] + 1
+            if self.best[i] is None or total < self.best[i][1]["total"]:
+                self.best[i] = (point[i : i + 1], floats)
+            reports.append(
+                StepReport(
+                    step=self.step,
+                    total_steps=config.total_steps,
+                    size=(point.shape[-1], point.shape[-2]),
+                    costs=floats,
+                    elapsed_s=time.perf_counter() - self.start,
+                    _image=functools.partial(_to_output, point[i : i + 1], self.content_rgb, config),
+                )
+            )
+        if min(self.non_finite) >= MAX_NON_FINITE_STEPS:
+            self.stopped = "diverged"
+        if self.on_step is not None:
+            self.on_step(reports)
+        if not self.stopped and self.should_stop is not None and self.should_stop():
+            self.stopped = "cancelled"
+
+    def results(self, device: torch.device) -> list[TransferResult]:
+        if any(best is None or not math.isfinite(best[1]["total"]) for best in self.best):
+            raise InputError("The optimisation diverged at once (non-finite cost). Lower lr or the weights.")
+        elapsed = time.perf_counter() - self.start
+        return [
+            TransferResult(
+                image=_to_output(point, self.content_rgb, config),
+                costs=costs,
+                steps_done=self.step,
+                total_steps=config.total_steps,
+                elapsed_s=elapsed,
+                device=str(device),
+                stopped=self.stopped,
+            )
+            for config, (point, costs) in zip(self.configs, self.best, strict=True)
+        ]
 
 
 def _network_inputs(
@@ -182,59 +277,117 @@ def _network_inputs(
     return content_y.expand(-1, 3, -1, -1).contiguous(), [y.expand(-1, 3, -1, -1).contiguous() for y in styles_y]
 
 
-def _iterations(
-    g0: torch.Tensor, objective: Objective, net: VGGFeatures, config: TransferConfig, steps: int
-) -> Iterator[tuple[torch.Tensor, Costs]]:
-    """Optimise G from `g0`, yielding (the G evaluated at this iteration, its costs) once per iteration."""
-    g = g0.contiguous()  # plain layout: torch's L-BFGS flattens the gradient with .view(-1)
+def _optimise(
+    g0: torch.Tensor,
+    objective: Objective,
+    net: VGGFeatures,
+    config: TransferConfig,
+    steps: int,
+    bf16: bool,
+    run: _BatchRun,
+) -> None:
+    """`steps` iterations from `g0` at one scale, each handed to `run.take`.
+
+    Nothing here waits for the device: the costs of an iteration are copied to the host asynchronously
+    and handed over one iteration later (on the CPU at once), while the next one is already queued.
+    On a CUDA GPU, after `GRAPH_WARMUP` eager iterations an L-BFGS iteration is captured once as a CUDA
+    graph and replayed: one launch instead of a few hundred kernel launches per iteration.
+    """
+    g = g0.detach().contiguous()  # plain layout, so the optimizer sees one flat vector per image
     g.requires_grad_(True)
-    optimizer = _make_optimizer(config, g)
-    evaluated: list[tuple[torch.Tensor, Costs]] = []
+    if config.optimizer == "lbfgs":
+        lbfgs = BatchedLBFGS(g, lr=config.lr, history=config.history, restart_factor=LBFGS_RESTART_FACTOR)
+        update = lbfgs.step
+    else:
+        adam = torch.optim.Adam([g], lr=config.lr)
 
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        costs = objective(net(g.contiguous(memory_format=torch.channels_last)), g)
-        costs.total.sum().backward()
-        evaluated.append((g.detach().clone(), _detach(costs)))
-        return costs.total.sum()
+        def update(_: torch.Tensor, grad: torch.Tensor) -> None:
+            g.grad = grad
+            adam.step()
+            g.clamp_(0, 1)
 
-    best_total, best_point = math.inf, None
-    for _ in range(steps):
-        optimizer.step(closure)  # L-BFGS and Adam both evaluate the closure once per iteration here
-        if config.optimizer == "adam":
-            with torch.no_grad():
-                g.clamp_(0, 1)
-        point, costs = evaluated.pop()
-        total = float(costs.total.sum())
-        if total < best_total:
-            best_total, best_point = total, point
-        elif config.optimizer == "lbfgs" and not total < LBFGS_RESTART_FACTOR * best_total:
-            # Without a line search, L-BFGS can step far uphill (even to inf): go back to the best G and
-            # restart with an empty history, whose first step is a short gradient step.
-            with torch.no_grad():
-                g.copy_(best_point)
-            optimizer = _make_optimizer(config, g)
-        yield point, costs
+    def iterate() -> tuple[torch.Tensor, torch.Tensor]:
+        """One iteration: (G as evaluated, its costs packed as in `_cost_names`); G is updated in place."""
+        with torch.autocast(g.device.type, torch.bfloat16, enabled=bf16, cache_enabled=False):
+            features = net(g.contiguous(memory_format=torch.channels_last))
+        costs = objective(features, g)
+        (grad,) = torch.autograd.grad(costs.total.sum(), g)
+        point = g.detach().clone()
+        with torch.no_grad():
+            update(costs.total.detach(), grad)
+        return point, _pack(costs)
+
+    names = _cost_names(objective)
+    graphs = CUDA_GRAPHS and g.device.type == "cuda" and config.optimizer == "lbfgs" and steps > GRAPH_WARMUP
+    stream = torch.cuda.Stream(g.device) if graphs else None
+    graph: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor] | None = None
+    pending: list[tuple[torch.Tensor, torch.Tensor, torch.cuda.Event | None]] = []
+    for i in range(steps):
+        if graph is not None:
+            graph[0].replay()
+            point, packed = graph[1].clone(), graph[2]
+        elif stream is not None:  # eager warm-up iterations run on a side stream, as graph capture asks
+            stream.wait_stream(torch.cuda.current_stream(g.device))
+            with torch.cuda.stream(stream):
+                point, packed = iterate()
+            torch.cuda.current_stream(g.device).wait_stream(stream)
+        else:
+            point, packed = iterate()
+        pending.append((point, _to_host(packed), _event(g.device)))
+        if g.device.type != "cuda" or len(pending) > 1:
+            _hand_over(pending.pop(0), names, run)
+        if run.stopped:
+            return
+        if stream is not None and graph is None and i + 1 == GRAPH_WARMUP:
+            graph = _capture(iterate, g.device)
+            stream = None if graph is None else stream
+    while pending and not run.stopped:
+        _hand_over(pending.pop(0), names, run)
 
 
-def _make_optimizer(config: TransferConfig, g: torch.Tensor) -> torch.optim.Optimizer:
-    if config.optimizer == "adam":
-        return torch.optim.Adam([g], lr=config.lr)
-    # One iteration per `step()` call, so the callback and the cancel check run between iterations;
-    # negative tolerances keep L-BFGS from stopping early on its own.
-    return torch.optim.LBFGS(
-        [g], lr=config.lr, max_iter=1, history_size=100, tolerance_grad=-1, tolerance_change=-1
-    )
+def _capture(iterate: Callable[[], tuple[torch.Tensor, torch.Tensor]], device: torch.device):
+    """`iterate` as a CUDA graph with its static outputs, or None (eager from here) if capture fails."""
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            point, packed = iterate()
+    except Exception as e:  # an op that cannot be captured: eager iterations still give the same result
+        log.warning("CUDA graph capture failed, continuing without: %s", e)
+        return None
+    return graph, point, packed
 
 
-def _detach(costs: Costs) -> Costs:
-    return Costs(
-        total=costs.total.detach(),
-        content=costs.content.detach(),
-        style=costs.style.detach(),
-        style_layers={k: v.detach() for k, v in costs.style_layers.items()},
-        tv=costs.tv.detach(),
-    )
+def _cost_names(objective: Objective) -> list[str]:
+    return ["total", "content", "style", "tv", *(f"style/{layer}" for layer in objective.style_layers)]
+
+
+def _pack(costs: Costs) -> torch.Tensor:
+    """Every cost of every image as one (terms, B) tensor, rows in `_cost_names` order."""
+    terms = [costs.total, costs.content, costs.style, costs.tv, *costs.style_layers.values()]
+    return torch.stack([v.detach().float() for v in terms])
+
+
+def _to_host(packed: torch.Tensor) -> torch.Tensor:
+    if packed.device.type != "cuda":
+        return packed
+    host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+    return host.copy_(packed, non_blocking=True)
+
+
+def _event(device: torch.device) -> torch.cuda.Event | None:
+    if device.type != "cuda":
+        return None
+    event = torch.cuda.Event()
+    event.record()
+    return event
+
+
+def _hand_over(item, names: list[str], run: _BatchRun) -> None:
+    point, host, event = item
+    if event is not None:
+        event.synchronize()  # this iteration only; the next one stays queued on the device
+    run.take(point, dict(zip(names, host.tolist(), strict=True)))
 
 
 def _to_output(g: torch.Tensor, content_rgb: torch.Tensor, config: TransferConfig) -> Image.Image:

@@ -14,7 +14,7 @@ import streamlit as st
 
 from engine import tracking
 from engine.config import INITS, OPTIMIZERS, POOLINGS, TransferConfig, knob_help
-from engine.device import available_bytes, device_name, estimate_peak_bytes, pick_device
+from engine.device import available_bytes, device_name, estimate_run_bytes, pick_device
 from engine.errors import InputError
 from engine.images import MAX_INPUT_BYTES, MAX_INPUT_PIXELS
 from engine.jobs import JobQueue
@@ -108,8 +108,7 @@ def estimate_caption(config: TransferConfig, aspect: float) -> tuple[str, bool]:
     queue = job_queue()
     device = pick_device(queue.devices[0])
     w, h = (config.size, round(config.size * aspect)) if aspect <= 1 else (round(config.size / aspect), config.size)
-    deepest = max(config.layers, key=LAYER_INDEX.__getitem__)
-    need, have = estimate_peak_bytes(h, w, deepest, device), available_bytes(device)
+    need, have = estimate_run_bytes(config, h, w, device), available_bytes(device)
     seconds = queue.estimate_seconds(config, aspect=aspect)
     text = (
         f"Estimate on {device_name(device)}: about {_duration(seconds)} and {need / 2**30:.1f} GiB of memory "
