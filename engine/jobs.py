@@ -1,11 +1,13 @@
 """The background job queue: style transfers run in worker threads, one per device, fed from one FIFO.
 
-Scope: submit (validate, create the MLflow run as SCHEDULED, queue), cancel, live progress in memory,
-and a wall-time estimate. Pages poll `JobQueue.progress(run_id)`; nothing here imports Streamlit, and
-workers only update plain state under a lock. Everything a page needs goes through the small interface
-below (`submit`, `cancel`, `progress`, `jobs`, `queue_length`, `shutdown`, `estimate_seconds`), so the
-in-process threads can later give way to remote workers (e.g. a Ray cluster sharing an MLflow server).
-A run's permanent record is its MLflow run (the job id is its run id); memory holds only live progress.
+Scope: submit (validate, create the MLflow run as SCHEDULED, queue), batches (`submit_batch`: jobs that
+differ only in cost weights or G₀ run as one `transfer_batch` on one worker, each still its own job and
+MLflow run), cancel, live progress in memory, and a wall-time estimate. Pages poll
+`JobQueue.progress(run_id)`; nothing here imports Streamlit, and workers only update plain state under a
+lock. Everything a page needs goes through the small interface below (`submit`, `submit_batch`, `cancel`,
+`progress`, `jobs`, `queue_length`, `shutdown`, `estimate_seconds`), so the in-process threads can later
+give way to remote workers (e.g. a Ray cluster sharing an MLflow server). A run's permanent record is its
+MLflow run (the job id is its run id); memory holds only live progress.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +31,7 @@ from engine import images, tracking
 from engine.config import TransferConfig, check_style_images
 from engine.device import device_name, flops_per_iteration, pick_device
 from engine.errors import InputError
-from engine.transfer import StepReport, TransferResult, transfer
+from engine.transfer import StepReport, TransferResult, check_batchable, transfer_batch
 from engine.vgg import LAYER_INDEX
 
 __all__ = ["STATES", "JobProgress", "JobQueue", "JobSpec", "default_seconds_per_gflop", "estimate_seconds"]
@@ -69,10 +72,15 @@ def _deepest(config: TransferConfig) -> str:
     return max(config.layers, key=LAYER_INDEX.__getitem__)
 
 
-def _gflop_per_step(config: TransferConfig, aspect: float) -> tuple[float, ...]:
-    """GFLOP of each iteration of the run, in order (coarse scales first)."""
-    deepest = _deepest(config)
-    per_scale = [(flops_per_iteration(h, w, deepest) / 1e9, steps) for h, w, steps in _scale_shapes(config, aspect)]
+def _gflop_per_step(configs: Sequence[TransferConfig], aspect: float) -> tuple[float, ...]:
+    """GFLOP of each iteration of a batch of `configs` (one config: a single run), in order (coarse scales
+    first). Each image of a batch passes the network up to the deepest layer any of them reads, so a
+    batch of B counts B× and its measured seconds per GFLOP stay comparable with single runs'."""
+    deepest = max(map(_deepest, configs), key=LAYER_INDEX.__getitem__)
+    per_scale = [
+        (len(configs) * flops_per_iteration(h, w, deepest) / 1e9, steps)
+        for h, w, steps in _scale_shapes(configs[0], aspect)  # a batch shares its schedule
+    ]
     return tuple(gflop for gflop, steps in per_scale for _ in range(steps))
 
 
@@ -131,12 +139,21 @@ class JobProgress:
     history: tuple[dict[str, float], ...]  # {"step": k, **costs} per step, for live charts
     image: Image.Image | None  # the latest G, refreshed every `preview_every` steps and at the end
     error: str | None  # why it failed, fit for the UI
-    warning: str | None  # e.g. the store failed and the result was saved locally
+    warning: str | None  # e.g. the store failed and the result was saved locally; a batch's job cancelled
     device: str  # the worker's device ("cpu", "cuda:0"); "" while queued
 
     @property
     def done(self) -> bool:
         return self.state in TERMINAL_STATES
+
+
+@dataclass(eq=False)
+class _Batch:
+    """One entry of the FIFO: the jobs a worker runs together as one `transfer_batch` (one job for
+    `submit`). A queued job cancelled leaves `jobs`; a batch left empty leaves the FIFO."""
+
+    jobs: list[_Job]
+    aspect: float  # the content's height/width, for the work estimate
 
 
 @dataclass(eq=False)
@@ -147,7 +164,8 @@ class _Job:
     spec: JobSpec | None  # dropped once the job ends (it holds the uploads' bytes)
     tracker: tracking.RunTracker | None  # dropped once the job ends
     config: TransferConfig
-    work: tuple[float, ...]  # GFLOP of each step, for the ETA and the measured speed
+    batch: _Batch
+    work: tuple[float, ...] = ()  # GFLOP of each step of its batch, set when it starts (ETA, measured speed)
     cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
     state: str = "queued"
     device: str = ""
@@ -169,6 +187,7 @@ class JobQueue:
 
     Each job is an MLflow run from `submit` on (status SCHEDULED, then RUNNING, then FINISHED, FAILED or
     KILLED); its run id is the job id. A failing job ends its run FAILED and never stops the worker.
+    The FIFO holds batches (`submit_batch`); a single job is a batch of one.
     """
 
     _ids = itertools.count(1)
@@ -203,7 +222,7 @@ class JobQueue:
         self._name = f"q{next(self._ids)}"
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._queue: collections.deque[_Job] = collections.deque()
+        self._queue: collections.deque[_Batch] = collections.deque()
         self._jobs: dict[str, _Job] = {}  # submit order
         self._rates: dict[str, float] = {}  # device -> measured seconds per GFLOP (exponential mean)
         self._stopping = False
@@ -233,17 +252,65 @@ class JobQueue:
         """Validate the job (InputError, with nothing queued or logged, when an image cannot be read, the
         settings do not match the images, or the store is unreachable), create its MLflow run as
         SCHEDULED, queue it, and return its run id at once."""
-        if not isinstance(spec.config, TransferConfig):
-            raise TypeError(f"JobSpec.config must be a TransferConfig, got {type(spec.config).__name__}")
-        if spec.source not in tracking.SOURCES:
-            raise ValueError(f"source must be one of {tracking.SOURCES}, got {spec.source!r}")
+        return self.submit_batch([spec])[0]
+
+    def submit_batch(self, specs: Sequence[JobSpec]) -> list[str]:
+        """Queue `specs` as one batch: one worker runs them together with `transfer_batch` (one network
+        pass per step for all), and each stays its own job and MLflow run (progress, cancel, metrics,
+        result), as if submitted alone. Validated like `submit`, plus: every spec must have the same
+        content and style bytes, and their configs may differ only in `transfer.BATCH_KNOBS` (cost
+        weights, seed, init); else InputError with nothing queued. Returns the run ids, in order.
+
+        A child cancelled while the batch runs stops being recorded at once (no further metrics or
+        previews) while the others run on; when the batch ends, its run ends KILLED with its result of
+        the batch's end (result.png, `final/*` and `steps_done` of the last step, its `cost/*` stopping
+        where it was cancelled). Cancelling every child stops the batch. Any error fails every child
+        with the same message."""
+        specs = list(specs)
+        if not specs:
+            raise InputError("A batch needs at least one job.")
+        for spec in specs:
+            if not isinstance(spec.config, TransferConfig):
+                raise TypeError(f"JobSpec.config must be a TransferConfig, got {type(spec.config).__name__}")
+            if spec.source not in tracking.SOURCES:
+                raise ValueError(f"source must be one of {tracking.SOURCES}, got {spec.source!r}")
         self._check_open()
-        content = images.load_image(spec.content, name="content image")
-        check_style_images(spec.config.style_blend, len(spec.styles))
-        for i, style in enumerate(spec.styles):
+        first = specs[0]
+        if any(spec.content != first.content or spec.styles != first.styles for spec in specs[1:]):
+            raise InputError("The jobs of a batch must share their content and style images.")
+        content = images.load_image(first.content, name="content image")
+        for spec in specs:
+            check_style_images(spec.config.style_blend, len(first.styles))
+        for i, style in enumerate(first.styles):
             images.load_image(style, name=f"style image {i + 1}")
+        check_batchable([spec.config for spec in specs])
         uri = tracking.check_reachable(self.tracking_uri)
-        tracker = tracking.RunTracker(
+        trackers: list[tracking.RunTracker] = []
+        try:
+            for spec in specs:
+                trackers.append(self._new_run(uri, spec))
+        except BaseException:
+            for tracker in trackers:
+                self._end_queued_run(tracker, "creating the runs of its batch failed")
+            raise
+        width, height = content.size
+        with self._lock:
+            if not self._stopping:
+                batch = _Batch([], height / width)
+                for spec, tracker in zip(specs, trackers, strict=True):
+                    job = _Job(tracker.run_id, spec, tracker, spec.config, batch)
+                    self._jobs[job.run_id] = job
+                    batch.jobs.append(job)
+                self._queue.append(batch)
+                self._wake.notify()
+                return [job.run_id for job in batch.jobs]
+        for tracker in trackers:
+            tracker.cancel("the job queue shut down before the job started")
+        raise RuntimeError("The job queue is shut down; no new jobs are taken.")
+
+    def _new_run(self, uri: str, spec: JobSpec) -> tracking.RunTracker:
+        """The job's MLflow run, SCHEDULED, with its params, tags and inputs."""
+        return tracking.RunTracker(
             uri,
             spec.experiment,
             spec.config,
@@ -256,30 +323,24 @@ class JobQueue:
             tags={str(k): str(v) for k, v in spec.tags.items()} or None,
             fallback_dir=self.fallback_dir,
         )
-        width, height = content.size
-        work = _gflop_per_step(spec.config, height / width)
-        with self._lock:
-            if not self._stopping:
-                job = _Job(tracker.run_id, spec, tracker, spec.config, work)
-                self._jobs[job.run_id] = job
-                self._queue.append(job)
-                self._wake.notify()
-                return job.run_id
-        tracker.cancel("the job queue shut down before the job started")
-        raise RuntimeError("The job queue is shut down; no new jobs are taken.")
 
     def cancel(self, run_id: str) -> bool:
         """Cancel a queued job (its run ends KILLED, it never runs) or a running one (the loop stops
-        after the current step; the run ends KILLED with the best image so far as result.png). False
-        when the job is unknown or already over."""
+        after the current step; the run ends KILLED with the best image so far as result.png; in a
+        batch whose other jobs run on, see `submit_batch`). False when the job is unknown or already
+        over."""
         with self._lock:
             job = self._jobs.get(run_id)
             if job is None or job.state in TERMINAL_STATES:
                 return False
             if job.state == "running":
                 job.cancel.set()
+                if len(job.batch.jobs) > 1:  # it may show "running" a while yet: say why
+                    job.warning = "Cancelled: its run ends KILLED when the rest of its batch ends."
                 return True
-            self._queue.remove(job)
+            job.batch.jobs.remove(job)
+            if not job.batch.jobs:
+                self._queue.remove(job.batch)
             tracker = job.tracker
             self._end(job, "cancelled")
         if tracker is not None:
@@ -303,7 +364,7 @@ class JobQueue:
     def queue_length(self) -> int:
         """Jobs queued or running."""
         with self._lock:
-            return len(self._queue) + sum(job.state == "running" for job in self._jobs.values())
+            return sum(job.state in ("queued", "running") for job in self._jobs.values())
 
     @property
     def seconds_per_gflop(self) -> dict[str, float]:
@@ -322,7 +383,7 @@ class JobQueue:
     def _snapshot(self, job: _Job, now: float) -> JobProgress:
         position = elapsed = eta = None
         if job.state == "queued":
-            position = self._queue.index(job) + 1
+            position = self._queue.index(job.batch) + 1  # a batch's jobs share its place
         if job.started is not None:
             elapsed = (job.ended or now) - job.started
         if job.state == "running" and job.step > 0:
@@ -363,7 +424,7 @@ class JobQueue:
         until all of that is done."""
         with self._lock:
             self._stopping = True
-            queued = list(self._queue)
+            queued = [job for batch in self._queue for job in batch.jobs]
             self._queue.clear()
             trackers = []
             for job in queued:
@@ -407,90 +468,105 @@ class JobQueue:
                     self._wake.wait()
                 if self._stopping:
                     return
-                job = self._queue.popleft()
-                job.state, job.device, job.started = "running", device, time.monotonic()
-                spec, tracker = job.spec, job.tracker
+                batch = self._queue.popleft()
+                jobs = list(batch.jobs)
+                work = _gflop_per_step([job.config for job in jobs], batch.aspect)
+                now = time.monotonic()
+                for job in jobs:
+                    job.state, job.device, job.started, job.work = "running", device, now, work
+                trackers = [job.tracker for job in jobs]
             try:
-                self._run(job, spec, tracker, device)
-            except Exception as e:  # a bug in the bookkeeping itself: end the run, keep the worker alive
-                log.exception("Job %s failed in the worker", job.run_id)
-                with self._lock:
-                    over, tracker = job.state in TERMINAL_STATES, job.tracker
-                    if not over:
-                        self._end(job, "failed", error=f"The job failed unexpectedly ({type(e).__name__}: {e}).")
-                if not over and tracker is not None:
-                    with contextlib.suppress(Exception):
-                        tracker.fail(e)
+                self._run(jobs, trackers, device)
+            except Exception as e:  # a bug in the bookkeeping itself: end the runs, keep the worker alive
+                log.exception("Jobs %s failed in the worker", ", ".join(job.run_id for job in jobs))
+                for job in jobs:
+                    with self._lock:
+                        over, tracker = job.state in TERMINAL_STATES, job.tracker
+                        if not over:
+                            self._end(job, "failed", error=f"The job failed unexpectedly ({type(e).__name__}: {e}).")
+                    if not over and tracker is not None:
+                        with contextlib.suppress(Exception):
+                            tracker.fail(e)
 
-    def _run(self, job: _Job, spec: JobSpec, tracker: tracking.RunTracker, device: str) -> None:
-        config = spec.config
-        every = self.preview_every
-
-        def on_step(report: StepReport) -> None:
-            report = dataclasses.replace(report, _image=functools.cache(report._image))  # render G once
-            tracker.on_step(report)
-            image = report.image() if report.step % every == 0 or report.step in (1, report.total_steps) else None
-            now = time.monotonic()
-            with self._lock:
-                job.step, job.size = report.step, report.size
-                job.costs = dict(report.costs)
-                job.history.append({"step": report.step, **report.costs})
-                job.report_elapsed, job.report_at = report.elapsed_s, now
-                if image is not None:
-                    job.image = image
+    def _run(self, jobs: list[_Job], trackers: list[tracking.RunTracker], device: str) -> None:
+        """Run `jobs` (a batch; often one job) with one `transfer_batch`, each step's reports fanned out
+        to the jobs' runs and progress, then end every job's run."""
+        configs = [job.config for job in jobs]
+        dropped = [False] * len(jobs)  # cancelled while the rest of the batch runs on
 
         def should_stop() -> bool:
-            return job.cancel.is_set() or self._stopping
+            return self._stopping or all(job.cancel.is_set() for job in jobs)
 
-        result: TransferResult | None = None
+        def on_step(reports: list[StepReport]) -> None:
+            stopping = should_stop()
+            for i, (job, tracker, report) in enumerate(zip(jobs, trackers, reports, strict=True)):
+                # A job cancelled alone is recorded no further; when the whole batch stops, this step
+                # is recorded for every job still in it, as a single run's last step always was.
+                dropped[i] = dropped[i] or (job.cancel.is_set() and not stopping)
+                if not dropped[i]:
+                    self._record_step(job, tracker, report)
+
+        results: list[TransferResult] | None = None
         error: str | None = None
         out_of_memory = False
         try:
-            tracker.start(device)
-            result = transfer(
-                tracker.content_image, tracker.style_images, config, on_step=on_step, should_stop=should_stop,
-                device=device,
-            )  # fmt: skip
+            for tracker in trackers:
+                tracker.start(device)
+            content, styles = trackers[0].content_image, trackers[0].style_images  # a batch shares its inputs
+            results = transfer_batch(content, styles, configs, on_step=on_step, should_stop=should_stop, device=device)
         except InputError as e:
             error = str(e)
-            tracker.fail(e)
+            for tracker in trackers:
+                tracker.fail(e)
         except Exception as e:
             if _is_out_of_memory(e):
                 out_of_memory = True
-                kind = "GPU memory" if torch.device(device).type == "cuda" else "memory"
-                error = (
-                    f"Out of {kind} at {config.size} px on {_device_label(device)}. "
-                    f"Choose a smaller size (about {max(config.size // 2, 16)} px) and run again."
-                )
-                tracker.fail(error)
+                error = _out_of_memory_message(configs[0], len(configs), device)
+                for tracker in trackers:
+                    tracker.fail(error)
             else:
-                log.exception("Run %s failed", job.run_id)
+                log.exception("Runs %s failed", ", ".join(job.run_id for job in jobs))
                 error = f"{type(e).__name__}: {e}"
-                tracker.fail(e)
+                for tracker in trackers:
+                    tracker.fail(e)
         if out_of_memory:  # the exception, and with it the frames holding tensors, is gone now
             _free_gpu_memory(device)
 
-        if result is not None:
-            tracker.finish(result)
-            if result.stopped == "diverged":
-                state = "failed"
-                error = (
-                    f"The optimisation diverged at step {result.steps_done} (the cost became non-finite); the "
-                    "result is the best image before that. Lower lr or the weights."
-                )
-            else:
-                state = "cancelled" if result.stopped == "cancelled" else "finished"
-        else:
-            state = "failed"
-        with self._lock:
-            if result is not None:
-                job.image = result.image
-                self._measure(job, device, result)
-            self._end(job, state, error=error, warning=tracker.warning)
+        if results is not None:
+            with self._lock:
+                self._measure(jobs[0].work, device, results[0])  # the batch's steps and time are shared
+        for i, (job, tracker) in enumerate(zip(jobs, trackers, strict=True)):
+            state, job_error, result = "failed", error, None
+            if results is not None:
+                result = results[i]
+                if dropped[i] and result.stopped is None:
+                    result = dataclasses.replace(result, stopped="cancelled")
+                tracker.finish(result)
+                state, job_error = _outcome(result)
+            with self._lock:
+                if result is not None:
+                    job.image = result.image
+                self._end(job, state, error=job_error, warning=tracker.warning)
 
-    def _measure(self, job: _Job, device: str, result: TransferResult) -> None:
-        """Fold this run's seconds per GFLOP into the device's exponential mean (under the lock)."""
-        gflop = sum(job.work[: result.steps_done])
+    def _record_step(self, job: _Job, tracker: tracking.RunTracker, report: StepReport) -> None:
+        """One step of one job: log it to its run, and update its live progress (with a preview of G
+        every `preview_every` steps, at the first and at the last)."""
+        report = dataclasses.replace(report, _image=functools.cache(report._image))  # render G once
+        tracker.on_step(report)
+        every = self.preview_every
+        image = report.image() if report.step % every == 0 or report.step in (1, report.total_steps) else None
+        now = time.monotonic()
+        with self._lock:
+            job.step, job.size = report.step, report.size
+            job.costs = dict(report.costs)
+            job.history.append({"step": report.step, **report.costs})
+            job.report_elapsed, job.report_at = report.elapsed_s, now
+            if image is not None:
+                job.image = image
+
+    def _measure(self, work: tuple[float, ...], device: str, result: TransferResult) -> None:
+        """Fold this batch's seconds per GFLOP into the device's exponential mean (under the lock)."""
+        gflop = sum(work[: result.steps_done])
         if gflop <= 0 or result.elapsed_s <= 0:
             return
         rate = result.elapsed_s / gflop
@@ -507,6 +583,25 @@ class JobQueue:
         ended = [rid for rid, j in self._jobs.items() if j.state in TERMINAL_STATES]
         for rid in ended[: max(0, len(ended) - self.keep_finished)]:
             del self._jobs[rid]
+
+
+def _outcome(result: TransferResult) -> tuple[str, str | None]:
+    """A job's end state, and the error to show, from its result."""
+    if result.stopped == "diverged":
+        return "failed", (
+            f"The optimisation diverged at step {result.steps_done} (the cost became non-finite); the "
+            "result is the best image before that. Lower lr or the weights."
+        )
+    return ("cancelled" if result.stopped == "cancelled" else "finished"), None
+
+
+def _out_of_memory_message(config: TransferConfig, batch: int, device: str) -> str:
+    kind = "GPU memory" if torch.device(device).type == "cuda" else "memory"
+    batched = f" for a batch of {batch} images" if batch > 1 else ""
+    return (
+        f"Out of {kind} at {config.size} px{batched} on {_device_label(device)}. "
+        f"Choose a smaller size (about {max(config.size // 2, 16)} px) and run again."
+    )
 
 
 def _is_out_of_memory(e: BaseException) -> bool:

@@ -16,7 +16,12 @@ In MLflow a sweep is:
   `sweep.cancelled`, or no child finished);
 - one child run per setting, an ordinary run (same inputs and seed) with `mlflow.parentRunId`,
   `source=sweep`, run name = its label ("lambda.relu3_1=0.5 beta=1e5"), tags `sweep.<param>` = value
-  per axis, `sweep.row`, `sweep.col` (its cell, 0-based) and `sweep.label`.
+  per axis, `sweep.row`, `sweep.col` (its cell, 0-based) and `sweep.label`, and `batch.size` and
+  `batch.index`: settings that differ only in cost weights, seed or init (`transfer.BATCH_KNOBS`, e.g. a
+  λ or β/α sweep) run together as one batch of at most `MAX_BATCH` on one worker (`JobQueue.submit_batch`);
+  `batch.size` is how many settings its batch had when submitted (1: a job of its own, e.g. when sweeping
+  size or steps) and `batch.index` numbers the sweep's batches (0-based, in submit order), so children
+  with the same `batch.index` ran together.
 """
 
 from __future__ import annotations
@@ -41,9 +46,11 @@ from engine import images, tracking
 from engine.config import GATYS_STYLE_LAYERS, TransferConfig, check_style_images
 from engine.errors import InputError
 from engine.jobs import JobQueue, JobSpec
+from engine.transfer import check_batchable
 from engine.vgg import LAYER_NAMES, check_layer
 
 __all__ = [
+    "MAX_BATCH",
     "MAX_SETTINGS",
     "RATIO",
     "SweepAxis",
@@ -66,6 +73,7 @@ log = logging.getLogger(__name__)
 
 RATIO = "beta/alpha"  # the special axis: beta = ratio · alpha
 MAX_SETTINGS = 64
+MAX_BATCH = 8  # settings per batch: bounds a batch's memory and keeps other jobs from waiting behind a long one
 MAX_AXES = 2
 SHEET_ARTIFACT = "contact_sheet.png"
 SHEET_KEY = "contact_sheet"
@@ -230,6 +238,28 @@ def _label(labels: dict[str, str]) -> str:
     return " ".join(f"{param}={value}" for param, value in labels.items())
 
 
+def _batches(configs: Sequence[TransferConfig]) -> list[list[int]]:
+    """The settings' indexes grouped into batches, in order: each setting joins the first batch with
+    room whose settings it may share a batch with (`check_batchable`), else starts a new one."""
+    batches: list[list[int]] = []
+    for index, config in enumerate(configs):
+        for batch in batches:
+            if len(batch) < MAX_BATCH and _batchable(configs[batch[0]], config):
+                batch.append(index)
+                break
+        else:
+            batches.append([index])
+    return batches
+
+
+def _batchable(a: TransferConfig, b: TransferConfig) -> bool:
+    try:
+        check_batchable([a, b])  # "may share a batch" is equality outside BATCH_KNOBS: checking one member will do
+    except InputError:
+        return False
+    return True
+
+
 def _shape(axes: Sequence[SweepAxis]) -> tuple[int, int]:
     return (len(axes[0].values), len(axes[1].values)) if len(axes) == 2 else (1, len(axes[0].values))
 
@@ -349,9 +379,11 @@ def submit_sweep(
     poll_s: float = 0.25,
 ) -> SweepHandle:
     """Submit one parent run and one child run per setting of `expand(base, axes)` (same inputs and
-    seed, unless swept), in row-major order, and return at once. InputError, with nothing logged, when
-    an axis, a value or an image is wrong or the store is unreachable. A daemon thread then waits for
-    the children and finalises the parent (contact sheet, status); see `SweepHandle`."""
+    seed, unless swept), in row-major order, and return at once. Settings that can share a batch run as
+    batches of at most `MAX_BATCH` (tags `batch.size`, `batch.index`); the others as separate jobs.
+    InputError, with nothing logged, when an axis, a value or an image is wrong or the store is
+    unreachable. A daemon thread then waits for the children and finalises the parent (contact sheet,
+    status); see `SweepHandle`."""
     axes = list(axes)
     settings = expand(base, axes)
     styles = tuple(bytes(s) for s in styles)
@@ -388,14 +420,20 @@ def submit_sweep(
         parent = tracking.create_parent_run(uri, experiment, name=name, params=params, source="sweep", tags=tags)
     except Exception as e:
         raise InputError(f"Cannot create the sweep's run in the MLflow store {uri}: {e}") from e
-    children: list[SweepChild] = []
-    try:
-        for index, (labels, config) in enumerate(settings):
-            row, col = divmod(index, cols)
-            label = _label(labels)
-            child_tags = {f"sweep.{param}": value for param, value in labels.items()}
-            child_tags |= {"sweep.row": str(row), "sweep.col": str(col), "sweep.label": label}
-            spec = JobSpec(
+    batches = _batches([config for _, config in settings])
+    batch_tags = {
+        index: {"batch.size": str(len(batch)), "batch.index": str(number)}
+        for number, batch in enumerate(batches)
+        for index in batch
+    }
+    specs = []
+    for index, (labels, config) in enumerate(settings):
+        row, col = divmod(index, cols)
+        label = _label(labels)
+        child_tags = {f"sweep.{param}": value for param, value in labels.items()}
+        child_tags |= {"sweep.row": str(row), "sweep.col": str(col), "sweep.label": label} | batch_tags[index]
+        specs.append(
+            JobSpec(
                 config=config,
                 content=content,
                 styles=styles,
@@ -405,16 +443,21 @@ def submit_sweep(
                 parent_run_id=parent,
                 tags=child_tags,
             )
-            children.append(SweepChild(queue.submit(spec), labels, row, col))
+        )
+    run_ids: dict[int, str] = {}  # setting index -> run id
+    try:
+        for batch in batches:
+            run_ids.update(zip(batch, queue.submit_batch([specs[index] for index in batch]), strict=True))
     except BaseException as e:
-        for child in children:
-            queue.cancel(child.run_id)
-        reason = f"submitting setting {len(children) + 1} of {len(settings)} failed: {e}"
+        for run_id in run_ids.values():
+            queue.cancel(run_id)
+        reason = f"submitting the settings failed after {len(run_ids)} of {len(settings)}: {e}"
         try:
             tracking.set_run_status(uri, parent, "FAILED", reason)
         except Exception:
             log.exception("Could not end sweep %s FAILED", parent)
         raise
+    children = [SweepChild(run_ids[index], labels, *divmod(index, cols)) for index, (labels, _) in enumerate(settings)]
     return SweepHandle(queue, parent, experiment, axes, children, poll_s=poll_s, tile=tile)
 
 

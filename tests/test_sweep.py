@@ -231,6 +231,7 @@ def test_sweep_has_four_finished_children_with_the_right_params(done):
         assert child["parent_run_id"] == done.handle.parent_run_id
         assert child["source"] == "sweep"
         assert "metrics.quality/style" in child and child["metrics.quality/style"] > 0
+        assert (child["tags.batch.size"], child["tags.batch.index"]) == ("4", "0")  # one batch: only weights vary
     assert set(children["params.seed"]) == {"7"}
     assert set(children["params.size"]) == {"32"} and set(children["params.steps"]) == {"2"}
     for column in ("tags.sha256.content", "tags.sha256.style.0"):
@@ -312,15 +313,16 @@ def test_a_sweep_whose_watcher_died_is_finalised_from_mlflow_alone(
 
 def test_a_cancelled_sweep_ends_killed_and_its_grid_shows_it_live(uri, make_queue, content_png, style_png):
     queue = make_queue(uri, preview_every=1)
-    handle = submit_sweep(queue, BUSY, [SweepAxis("beta", ("1e4", "1e5", "1e6"))], content_png, (style_png,))
+    axes = [SweepAxis("steps", ("2000", "1999")), SweepAxis("beta", ("1e4", "1e5"))]  # a batch per row
+    handle = submit_sweep(queue, BUSY, axes, content_png, (style_png,))
     deadline = time.monotonic() + TIMEOUT_S
-    while queue.progress(handle.run_ids[0]).step < 1:
+    while min(queue.progress(run_id).step for run_id in handle.run_ids[:2]) < 1:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     live = handle.grid()
-    assert [c.status for c in live.cells] == ["RUNNING", "SCHEDULED", "SCHEDULED"]
-    assert live.cells[0].caption.startswith("running ") and live.cells[0].image is not None
-    assert [c.caption for c in live.cells[1:]] == ["queued", "queued"]
+    assert [c.status for c in live.cells] == ["RUNNING", "RUNNING", "SCHEDULED", "SCHEDULED"]
+    assert all(c.caption.startswith("running ") and c.image is not None for c in live.cells[:2])
+    assert [c.caption for c in live.cells[2:]] == ["queued", "queued"]
     handle.cancel()
     assert handle.wait(TIMEOUT_S)
     assert handle.status == "KILLED"
@@ -328,7 +330,7 @@ def test_a_cancelled_sweep_ends_killed_and_its_grid_shows_it_live(uri, make_queu
     assert parent.status == "KILLED" and parent.tags["sweep.cancelled"] == "true"
     assert set(sweep_children(uri, handle.parent_run_id)["status"]) == {"KILLED"}
     grid = sweep_grid(uri, handle.parent_run_id)
-    assert [c.caption for c in grid.cells] == ["cancelled"] * 3
+    assert [c.caption for c in grid.cells] == ["cancelled"] * 4
     download_artifact(uri, handle.parent_run_id, "contact_sheet.png")
     assert cancel_sweep(uri, handle.parent_run_id, queue=queue) == 0  # over already: nothing to do
 
@@ -337,7 +339,7 @@ def test_a_sweep_whose_runs_all_fail_ends_failed_with_the_reason(uri, make_queue
     def broken(*args, **kwargs):
         raise InputError("the optimisation diverged at once")
 
-    monkeypatch.setattr(jobs, "transfer", broken)
+    monkeypatch.setattr(jobs, "transfer_batch", broken)
     queue = make_queue(uri, preview_every=1)
     handle = submit_sweep(queue, BASE, [SweepAxis("beta", ("1e4", "1e5"))], content_png, (style_png,))
     assert handle.wait(TIMEOUT_S)
@@ -347,3 +349,27 @@ def test_a_sweep_whose_runs_all_fail_ends_failed_with_the_reason(uri, make_queue
     assert "diverged at once" in parent.tags["failure_reason"]
     grid = sweep_grid(uri, handle.parent_run_id)
     assert [(c.status, c.caption, c.image) for c in grid.cells] == [("FAILED", "failed", None)] * 2
+
+
+# --------------------------------------------------------------------------------------------------
+# Batches
+
+
+def test_settings_that_differ_only_in_weights_seed_or_init_share_batches_of_at_most_max_batch():
+    seeds = [config for _, config in expand(BASE, [SweepAxis("seed", tuple(map(str, range(10))))])]
+    assert sweep._batches(seeds) == [list(range(sweep.MAX_BATCH)), [8, 9]]
+    grid = expand(BASE, [SweepAxis("size", ("32", "40")), SweepAxis("beta/alpha", ("1e3", "1e5"))])
+    assert sweep._batches([config for _, config in grid]) == [[0, 1], [2, 3]]  # one batch per size
+    mixed = expand(BASE, [SweepAxis("init", ("noise", "content")), SweepAxis("steps", ("2", "3"))])
+    assert sweep._batches([config for _, config in mixed]) == [[0, 2], [1, 3]]  # batches by steps
+
+
+def test_a_sweep_over_size_runs_each_size_as_its_own_job(uri, make_queue, content_png, style_png):
+    queue = make_queue(uri, preview_every=1)
+    handle = submit_sweep(queue, BASE, [SweepAxis("size", ("32", "40"))], content_png, (style_png,))
+    assert handle.wait(TIMEOUT_S) and handle.status == "FINISHED"
+    children = sweep_children(uri, handle.parent_run_id)
+    assert list(children["status"]) == ["FINISHED"] * 2
+    assert list(children["tags.batch.size"]) == ["1", "1"] and list(children["tags.batch.index"]) == ["0", "1"]
+    assert list(children["params.size"]) == ["32", "40"]
+    download_artifact(uri, handle.parent_run_id, "contact_sheet.png")

@@ -80,6 +80,8 @@ def live_view(run_id: str, params: dict[str, str]) -> None:
     else:
         eta = f", about {progress.eta_s:.0f} s left" if progress.eta_s is not None else ""
         st.progress(progress.step / progress.total_steps, text=f"step {progress.step} of {progress.total_steps}{eta}")
+        if progress.warning:
+            st.caption(progress.warning)
     image_column, chart_column = st.columns([2, 3])
     if progress.image is not None:
         image_column.image(progress.image, caption=f"G at step {progress.step}", width="stretch")
