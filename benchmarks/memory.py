@@ -3,7 +3,7 @@
     python benchmarks/memory.py [--sizes 128 256 384] [--device cpu]
 
 Each size runs in a fresh subprocess (3 L-BFGS steps, default layers); CPU peak is the process's
-maximum resident set, GPU peak is torch.cuda.max_memory_allocated.
+peak resident set (VmHWM), GPU peak is torch.cuda.max_memory_allocated.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ CONTENT = ROOT.parent / "shared/images/content/tubingen.jpg"
 STYLE = ROOT.parent / "shared/images/style/starry_night.jpg"
 
 CHILD = """
-import json, resource, sys, torch
+import json, sys, torch
 from engine import images
 from engine.config import TransferConfig
-from engine.device import estimate_peak_bytes
+from engine.device import estimate_run_bytes
 from engine.transfer import transfer
 size, device = int(sys.argv[1]), torch.device(sys.argv[2])
 content, style = images.load_image(sys.argv[3]), images.load_image(sys.argv[4])
@@ -32,9 +32,11 @@ transfer(content, [style], config, device=device)
 if device.type == "cuda":
     peak = torch.cuda.max_memory_allocated(device)
 else:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM, not ru_maxrss: the latter survives exec and would count a large parent's pages
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    peak = int(status["VmHWM"].split()[0]) * 1024
 print(json.dumps({"size": size, "width": w, "height": h, "peak": peak,
-                  "estimate": estimate_peak_bytes(h, w, "relu5_1", device)}))
+                  "estimate": estimate_run_bytes(config, h, w, device)}))
 """
 
 

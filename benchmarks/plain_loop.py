@@ -12,10 +12,12 @@ forward and one backward), as in the engine, which runs one L-BFGS iteration per
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torchvision.models import vgg19
 
 from engine import images
@@ -48,30 +50,47 @@ class PlainFeatures(torch.nn.Module):
         return out
 
 
-def plain_transfer(content, style, config: TransferConfig, evals: int, device: torch.device) -> list[float]:
-    """Run the plain loop for `evals` closure evaluations; return the time stamp of each."""
-    net = PlainFeatures(config.layers).to(device)
-    c = images.image_to_tensor(images.resize_long_side(content, config.size)).to(device)
-    s = images.image_to_tensor(images.resize_long_side(style, config.size)).to(device)
-    with torch.no_grad():
-        objective = Objective(net(c), [net(s)], content_layer=config.content_layer, lambdas=config.lambdas,
-                              alpha=config.alpha, beta=config.beta)  # fmt: skip
-    g = torch.rand(c.shape, generator=torch.Generator().manual_seed(config.seed)).to(device).requires_grad_(True)
-    optimizer = torch.optim.LBFGS([g])
-    stamps: list[float] = []
+@contextlib.contextmanager
+def torch_defaults():
+    """PyTorch's own backend settings (the engine turns on cuDNN autotuning process-wide), restored after."""
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = (
+        False, True, False,
+    )  # fmt: skip
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = objective(net(g), g).total.sum()
-        loss.backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        stamps.append(time.perf_counter())
-        return loss
 
-    while len(stamps) < evals:
-        optimizer.step(closure)
-    return stamps[:evals]
+def plain_transfer(
+    content, style, config: TransferConfig, evals: int, device: torch.device, return_image: bool = False
+) -> tuple[list[float], Image.Image | None]:
+    """Run the plain loop for `evals` closure evaluations; return the time stamp of each (and G as an
+    8-bit image when asked)."""
+    with torch_defaults():
+        net = PlainFeatures(config.layers).to(device)
+        c = images.image_to_tensor(images.resize_long_side(content, config.size)).to(device)
+        s = images.image_to_tensor(images.resize_long_side(style, config.size)).to(device)
+        with torch.no_grad():
+            objective = Objective(net(c), [net(s)], content_layer=config.content_layer, lambdas=config.lambdas,
+                                  alpha=config.alpha, beta=config.beta)  # fmt: skip
+        g = torch.rand(c.shape, generator=torch.Generator().manual_seed(config.seed)).to(device).requires_grad_(True)
+        optimizer = torch.optim.LBFGS([g])
+        stamps: list[float] = []
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = objective(net(g), g).total.sum()
+            loss.backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            stamps.append(time.perf_counter())
+            return loss
+
+        while len(stamps) < evals:
+            optimizer.step(closure)
+    return stamps[:evals], images.tensor_to_image(g.detach()) if return_image else None
 
 
 def engine_stamps(content, style, config: TransferConfig, evals: int, device: torch.device) -> list[float]:
@@ -99,7 +118,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for size in args.sizes:
         config = TransferConfig(size=size, coarse_levels=0)
-        plain = ms_per_iteration(plain_transfer(content, style, config, args.evals + WARMUP, device))
+        plain = ms_per_iteration(plain_transfer(content, style, config, args.evals + WARMUP, device)[0])
         ours = ms_per_iteration(engine_stamps(content, style, config, args.evals + WARMUP, device))
         print(f"| {size} | {plain:.0f} | {ours:.0f} | {plain / ours:.2f}× |", flush=True)
 

@@ -1,0 +1,98 @@
+"""Quick checks of the engine's CUDA paths, run first by benchmarks/gpu_check.sh (no MLflow needed).
+
+Each check prints PASS or FAIL with its numbers; the exit status is 1 when any fails.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine import images
+from engine.config import TransferConfig
+from engine.lbfgs import BatchedLBFGS
+from engine.transfer import transfer, transfer_batch
+
+IMAGES = Path(os.environ.get("STYLELAB_IMAGES_DIR", Path(__file__).resolve().parents[2] / "shared" / "images"))
+DEVICE = torch.device("cuda")
+failures = 0
+
+
+def check(name: str, ok: bool, detail: str) -> None:
+    global failures
+    failures += not ok
+    print(f"{'PASS' if ok else 'FAIL'} {name}: {detail}", flush=True)
+
+
+def lbfgs_matches_torch() -> None:
+    torch.manual_seed(0)
+    n = 64
+    a = torch.randn(n, n, device=DEVICE)
+    a = a @ a.T / n + 0.1 * torch.eye(n, device=DEVICE)
+    b = torch.randn(n, device=DEVICE)
+    cost = lambda x: 0.5 * (x @ a * x).sum(-1) - (x * b).sum(-1) + 0.1 * (x**4).sum(-1)  # noqa: E731
+    x0 = torch.randn(n, device=DEVICE)
+    theirs = x0.clone().requires_grad_(True)
+    torch_lbfgs = torch.optim.LBFGS([theirs], max_iter=1, history_size=5, tolerance_grad=-1, tolerance_change=-1)
+    ours = x0.clone()[None].requires_grad_(True)
+    batched = BatchedLBFGS(ours, history=5, restart_factor=1e30)
+    for _ in range(12):
+
+        def closure():
+            torch_lbfgs.zero_grad()
+            loss = cost(theirs)
+            loss.backward()
+            return loss
+
+        torch_lbfgs.step(closure)
+        loss = cost(ours)
+        (grad,) = torch.autograd.grad(loss.sum(), ours)
+        batched.step(loss.detach(), grad)
+    gap = float((theirs - ours[0]).abs().max())
+    check(
+        "BatchedLBFGS follows torch.optim.LBFGS on CUDA", gap < 1e-3, f"max |x_torch − x_ours| after 12 steps {gap:.2e}"
+    )
+
+
+def runs() -> None:
+    content = images.load_image(IMAGES / "content/tubingen.jpg")
+    style = images.load_image(IMAGES / "style/starry_night.jpg")
+    config = TransferConfig(size=96, steps=20, coarse_levels=0)
+    start = time.perf_counter()
+    result = transfer(content, [style], config, device=DEVICE)
+    check(
+        "transfer on CUDA (bf16 auto)",
+        result.image.size == images.resize_long_side(content, 96).size and np.isfinite(result.costs["total"]),
+        f"{time.perf_counter() - start:.1f} s, J {result.costs['total']:.4g}",
+    )
+    steps_seen: list[int] = []
+    transfer(content, [style], config.replace(steps=5), device=DEVICE, on_step=lambda r: steps_seen.append(r.step))
+    check("every step reported, in order (one-step lag on CUDA)", steps_seen == [1, 2, 3, 4, 5], str(steps_seen))
+    configs = [config.replace(beta=1e5), config.replace(style_layers={"relu2_1": 1.0}), config.replace(seed=4)]
+    batched = transfer_batch(content, [style], configs, device=DEVICE)
+    alone = [transfer(content, [style], c, device=DEVICE) for c in configs]
+    worst = max(
+        abs(b.costs["total"] - a.costs["total"]) / a.costs["total"] for a, b in zip(alone, batched, strict=True)
+    )
+    check("batch of 3 against separate runs", worst < 0.1, f"worst relative cost difference {worst:.2%}")
+    fp32 = transfer(content, [style], config.replace(precision="fp32"), device=DEVICE)
+    gap = abs(fp32.costs["total"] - result.costs["total"]) / fp32.costs["total"]
+    check("fp32 and bf16 runs end near each other", gap < 0.1, f"relative difference of final J {gap:.2%}")
+    adain = transfer(content, [style], config.replace(init="adain", steps=3), device=DEVICE)
+    check("AdaIN init on CUDA", np.isfinite(adain.costs["total"]), f"J after 3 steps {adain.costs['total']:.4g}")
+
+
+if __name__ == "__main__":
+    for fn in (lbfgs_matches_torch, runs):
+        try:
+            fn()
+        except Exception:
+            failures += 1
+            traceback.print_exc()
+    sys.exit(1 if failures else 0)
