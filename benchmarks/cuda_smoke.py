@@ -5,6 +5,7 @@ Each check prints PASS or FAIL with its numbers; the exit status is 1 when any f
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -15,12 +16,13 @@ import numpy as np
 import torch
 
 from engine import images
+from engine import transfer as transfer_module
 from engine.config import TransferConfig
 from engine.lbfgs import BatchedLBFGS
 from engine.transfer import transfer, transfer_batch
 
 IMAGES = Path(os.environ.get("STYLELAB_IMAGES_DIR", Path(__file__).resolve().parents[2] / "shared" / "images"))
-DEVICE = torch.device("cuda")
+DEVICE = torch.device(sys.argv[1] if len(sys.argv) > 1 else "cuda")  # "cpu" for a dry run here
 failures = 0
 
 
@@ -54,7 +56,7 @@ def lbfgs_matches_torch() -> None:
         loss = cost(ours)
         (grad,) = torch.autograd.grad(loss.sum(), ours)
         batched.step(loss.detach(), grad)
-    gap = float((theirs - ours[0]).abs().max())
+    gap = float((theirs.detach() - ours[0].detach()).abs().max())
     check(
         "BatchedLBFGS follows torch.optim.LBFGS on CUDA", gap < 1e-3, f"max |x_torch − x_ours| after 12 steps {gap:.2e}"
     )
@@ -84,8 +86,21 @@ def runs() -> None:
     fp32 = transfer(content, [style], config.replace(precision="fp32"), device=DEVICE)
     gap = abs(fp32.costs["total"] - result.costs["total"]) / fp32.costs["total"]
     check("fp32 and bf16 runs end near each other", gap < 0.1, f"relative difference of final J {gap:.2%}")
-    adain = transfer(content, [style], config.replace(init="adain", steps=3), device=DEVICE)
-    check("AdaIN init on CUDA", np.isfinite(adain.costs["total"]), f"J after 3 steps {adain.costs['total']:.4g}")
+    captured: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: captured.append(record.getMessage())
+    logging.getLogger("engine.transfer").addHandler(handler)
+    graphed = transfer(content, [style], config.replace(steps=30), device=DEVICE)
+    check("CUDA graph captured", not captured, "; ".join(captured) or "no capture warning")
+    transfer_module.CUDA_GRAPHS = False
+    eager = transfer(content, [style], config.replace(steps=30), device=DEVICE)
+    transfer_module.CUDA_GRAPHS = True
+    gap = abs(graphed.costs["total"] - eager.costs["total"]) / eager.costs["total"]
+    pixels = np.abs(np.asarray(graphed.image, np.float32) - np.asarray(eager.image, np.float32)).mean()
+    check("graph replay gives the eager result", gap < 1e-2, f"final J {graphed.costs['total']:.6g} against "
+          f"{eager.costs['total']:.6g} ({gap:.2e}), mean pixel difference {pixels:.2f}")  # fmt: skip
+    adain = transfer(content, [style], config.replace(init="noise", steps=3), device=DEVICE)
+    check("noise init on CUDA", np.isfinite(adain.costs["total"]), f"J after 3 steps {adain.costs['total']:.4g}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ import torch
 from PIL import Image
 
 from engine import images
+from engine import transfer as transfer_module
 from engine.config import GATYS_STYLE_LAYERS, TransferConfig
 from engine.costs import Objective
 from engine.device import device_name, estimate_run_bytes, flops_per_iteration, pick_device, uses_bf16
@@ -45,7 +47,7 @@ IMAGES = Path(os.environ.get("STYLELAB_IMAGES_DIR", ROOT.parent / "shared" / "im
 CONTENT, STYLE = "content/tubingen.jpg", "style/starry_night.jpg"
 JUDGE = TransferConfig()  # the Gatys defaults: α = 1, β = 2·10⁵, λ = 0.2 on relu1_1 … relu5_1, relu4_2
 WARMUP = 3
-SECTIONS = ("speed", "quality", "sweep", "memory", "precision")
+SECTIONS = ("speed", "ablation", "quality", "sweep", "memory", "precision")
 # 8 λ settings of a sweep: all weight on one layer, or on pairs of neighbours, at the default β
 SWEEP_LAMBDAS = [{layer: 1.0} for layer in GATYS_STYLE_LAYERS] + [
     dict.fromkeys(pair, 0.5) for pair in (("relu1_1", "relu2_1"), ("relu2_1", "relu3_1"), ("relu3_1", "relu4_1"))
@@ -142,6 +144,24 @@ def speed(content, style, device, sizes, evals: int, peaks: dict) -> dict:
         out["iterations_500_at_512_s"] = run["wall_s"]
         print(f"speed: 500 iterations at 512 px in {run['wall_s']:.2f} s", flush=True)
     return out
+
+
+def ablation(content, style, device, size: int, evals: int) -> dict:
+    """ms per iteration with each means switched off in turn (the first row is the engine as shipped)."""
+    variants = [("as shipped", {}, True), ("L-BFGS history 100", {"history": 100}, True)]
+    if device.type == "cuda":
+        variants += [("no CUDA graphs", {}, False), ("fp32, no CUDA graphs", {"precision": "fp32"}, False)]
+    rows = []
+    for name, changes, graphs in variants:
+        transfer_module.CUDA_GRAPHS = graphs
+        try:
+            config = TransferConfig(size=size, steps=evals + WARMUP, coarse_levels=0, **changes)
+            ms = per_iteration_ms(engine_run(content, style, config, device)["stamps"])
+        finally:
+            transfer_module.CUDA_GRAPHS = True
+        rows.append({"variant": name, "size": size, "ms_per_iteration": ms})
+        print(f"ablation {name}: {ms:.2f} ms", flush=True)
+    return {"rows": rows}
 
 
 def time_to_quality(content, style, device, size: int, plain_evals: int, every: int) -> dict:
@@ -275,6 +295,12 @@ def markdown(report: dict) -> str:
         if "iterations_500_at_512_s" in report["speed"]:
             lines += ["", f"500 iterations at 512 px: {report['speed']['iterations_500_at_512_s']:.2f} s."]
         lines.append("")
+    if "ablation" in report:
+        lines += ["| engine variant | ms / iteration |", "|---|---|"]
+        lines += [
+            f"| {r['variant']} ({r['size']} px) | {r['ms_per_iteration']:.2f} |" for r in report["ablation"]["rows"]
+        ]
+        lines.append("")
     if "quality" in report:
         q = report["quality"]
         reached = q["reached"]
@@ -308,13 +334,19 @@ def markdown(report: dict) -> str:
         lines += [f"bf16 against fp32 convolutions: costs of the same image within {worst:.2%}; whole 512-px runs "
                   f"judged {p['runs']['fp32']['total']:.4g} (fp32, {p['runs']['fp32']['wall_s']:.2f} s) and "
                   f"{p['runs']['bf16']['total']:.4g} (bf16, {p['runs']['bf16']['wall_s']:.2f} s).", ""]  # fmt: skip
+    for name, error in report.get("errors", {}).items():
+        lines.append(f"**{name} failed:** {error}")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None)
-    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated sections of {', '.join(SECTIONS)} (default: all; on the CPU "
+        "all but precision, as bf16 convolutions are for GPUs)",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--sizes", type=int, nargs="+", help="speed sizes (default: 256 512 1024; CPU 256 512)")
     parser.add_argument("--evals", type=int, default=None, help="timed iterations per size (default 50; CPU 10)")
@@ -325,7 +357,7 @@ def main() -> None:
     args = parser.parse_args()
     device = pick_device(args.device)
     gpu = device.type == "cuda"
-    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    only = [s.strip() for s in args.only.split(",")] if args.only else [s for s in SECTIONS if gpu or s != "precision"]
     content, style = load_inputs()
     report = {
         "device": device_name(device), "device_type": device.type,
@@ -334,23 +366,28 @@ def main() -> None:
                   "bf16": matmul_peak_tflops(device, torch.bfloat16)},
     }  # fmt: skip
     print(f"{report['device']}: matmul peaks {report['peaks']}", flush=True)
-    if "speed" in only:
-        sizes = args.sizes or ([256, 512, 1024] if gpu else [256, 512])
-        report["speed"] = speed(content, style, device, sizes, args.evals or (50 if gpu else 10), report["peaks"])
-    if "quality" in only:
-        size = args.quality_size or (512 if gpu else 256)
-        report["quality"] = time_to_quality(content, style, device, size, args.plain_iterations, every=10 if gpu else 5)
-    if "sweep" in only:
-        report["sweep"] = sweep(content, style, device, args.sweep_steps or (150 if gpu else 40))
-    if "memory" in only:
-        sizes = args.memory_sizes or ([256, 512, 1024, 2048] if gpu else [128, 256, 512])
-        report["memory"] = memory(content, style, device, sizes)
-    if "precision" in only and gpu:
-        report["precision"] = precision(content, style, device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"fast-{device.type}.json").write_text(json.dumps(report, indent=2, default=str))
-    (out / f"fast-{device.type}.md").write_text(markdown(report))
+    quality_size = args.quality_size or (512 if gpu else 256)
+    sections = {
+        "speed": lambda: speed(content, style, device, args.sizes or ([256, 512, 1024] if gpu else [256, 512]),
+                               args.evals or (50 if gpu else 10), report["peaks"]),
+        "ablation": lambda: ablation(content, style, device, 512 if gpu else 256, args.evals or (50 if gpu else 10)),
+        "quality": lambda: time_to_quality(content, style, device, quality_size, args.plain_iterations,
+                                           every=10 if gpu else 5),
+        "sweep": lambda: sweep(content, style, device, args.sweep_steps or (150 if gpu else 40)),
+        "memory": lambda: memory(content, style, device,
+                                 args.memory_sizes or ([256, 512, 1024, 2048] if gpu else [128, 256, 512])),
+        "precision": lambda: precision(content, style, device),
+    }  # fmt: skip
+    for name in only:
+        try:
+            report[name] = sections[name]()
+        except Exception as e:  # one failing figure must not lose the others
+            traceback.print_exc()
+            report.setdefault("errors", {})[name] = f"{type(e).__name__}: {e}"
+        (out / f"fast-{device.type}.json").write_text(json.dumps(report, indent=2, default=str))
+        (out / f"fast-{device.type}.md").write_text(markdown(report))
     print(markdown(report))
 
 
