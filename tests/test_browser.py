@@ -38,8 +38,7 @@ def test_upload_run_watch_progress_and_reopen_the_permalink(server, browser):
     page.get_by_text("content, 1024×768").wait_for()  # thumbnails, captioned with the decoded size
     page.get_by_text("Estimate on").wait_for()
     set_number(page, "Size (long side, px)", 128)
-    set_number(page, "Steps", 40)
-    set_number(page, "Steps per coarse level", 20)
+    set_number(page, "Steps", 60)
     shot(page, "1-studio")
 
     page.get_by_role("button", name="Run").click()

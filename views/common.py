@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from engine import tracking
-from engine.config import INITS, OPTIMIZERS, POOLINGS, TransferConfig, knob_help
+from engine.config import INITS, OPTIMIZERS, POOLINGS, PRECISIONS, TransferConfig, knob_help
 from engine.device import available_bytes, device_name, estimate_run_bytes, pick_device
 from engine.errors import InputError
 from engine.images import MAX_INPUT_BYTES, MAX_INPUT_PIXELS
@@ -84,6 +84,12 @@ def settings_ui(defaults: TransferConfig, n_styles: int) -> TransferConfig:
             "Learning rate", min_value=1e-6, value=defaults.lr if optimizer == defaults.optimizer else
             TransferConfig(optimizer=optimizer).lr, format="%g", help=HELP["lr"],
         )  # fmt: skip
+        history = defaults.history
+        if optimizer == "lbfgs":
+            history = st.number_input("L-BFGS history", 1, 1000, defaults.history, help=HELP["history"])
+        precision = st.selectbox(
+            "Precision", PRECISIONS, index=PRECISIONS.index(defaults.precision), help=HELP["precision"]
+        )
         init = st.selectbox("Initial image", INITS, index=INITS.index(defaults.init), help=HELP["init"])
         init_blend = defaults.init_blend
         if init == "blend":
@@ -99,7 +105,8 @@ def settings_ui(defaults: TransferConfig, n_styles: int) -> TransferConfig:
         alpha=alpha, beta=beta, style_layers=lambdas, content_layer=content_layer, size=int(size),
         steps=int(steps), optimizer=optimizer, lr=lr, init=init, init_blend=init_blend, seed=int(seed),
         tv_weight=tv_weight, pooling=pooling, preserve_colors=preserve_colors, style_scale=style_scale,
-        style_blend=style_blend, coarse_levels=coarse_levels, coarse_steps=int(coarse_steps),
+        style_blend=style_blend, coarse_levels=coarse_levels, coarse_steps=int(coarse_steps), history=int(history),
+        precision=precision,
     )  # fmt: skip
 
 
