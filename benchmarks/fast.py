@@ -59,13 +59,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, n: int = 4096, repeats: int = 20) -> float:
-    """Best throughput of n×n matrix products in `dtype` (TF32 off for fp32), TFLOP/s."""
+def matmul_peak_tflops(
+    device: torch.device, dtype: torch.dtype, n: int = 4096, repeats: int = 20, tf32: bool = False
+) -> float:
+    """Best throughput of n×n matrix products in `dtype` (fp32 with or without TF32), TFLOP/s."""
     if device.type == "cpu":
         n = 2048
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
         for _ in range(3):
             a @ b
@@ -77,7 +79,7 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, n: int = 4096, 
             sync(device)
             best = min(best, time.perf_counter() - start)
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32 = saved
     return 2 * n**3 / best / 1e12
 
 
@@ -120,6 +122,9 @@ def per_iteration_ms(stamps: list[float]) -> float:
 
 
 def speed(content, style, device, sizes, evals: int, peaks: dict) -> dict:
+    # PyTorch lets cuDNN run fp32 convolutions in TF32 by default (the plain loop keeps that default)
+    fp32_kind = "tf32" if device.type == "cuda" else "fp32"
+    plain_peak = peaks[fp32_kind]
     rows = []
     for size in sizes:
         plain = per_iteration_ms(plain_run(content, style, size, evals + WARMUP, device)["stamps"])
@@ -128,11 +133,11 @@ def speed(content, style, device, sizes, evals: int, peaks: dict) -> dict:
         ours = per_iteration_ms(run["stamps"])
         w, h = run["result"].image.size
         tflop = flops_per_iteration(h, w, "relu5_1") / 1e12
-        engine_peak = peaks["bf16"] if uses_bf16(config.precision, device) else peaks["fp32"]
+        engine_peak = peaks["bf16"] if uses_bf16(config.precision, device) else peaks[fp32_kind]
         rows.append({
             "size": size, "width": w, "height": h, "tflop_per_iteration": tflop,
             "plain_ms": plain, "engine_ms": ours, "speedup": plain / ours,
-            "plain_tflops": tflop / plain * 1e3, "plain_share_of_fp32_peak": tflop / plain * 1e3 / peaks["fp32"],
+            "plain_tflops": tflop / plain * 1e3, "plain_share_of_peak": tflop / plain * 1e3 / plain_peak,
             "engine_tflops": tflop / ours * 1e3, "engine_share_of_peak": tflop / ours * 1e3 / engine_peak,
             "engine_precision": "bf16" if uses_bf16(config.precision, device) else "fp32",
         })  # fmt: skip
@@ -226,22 +231,27 @@ def sweep(content, style, device, steps: int) -> dict:
 
 def memory(content, style, device, sizes) -> dict:
     rows = []
-    for size in sizes:
-        config = TransferConfig(size=size, steps=3, coarse_levels=0)
-        w, h = images.resize_long_side(content, size).size
-        estimate = estimate_run_bytes(config, h, w, device)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-            transfer(content, [style], config, device=device)
-            peak = torch.cuda.max_memory_allocated(device)
-        else:
-            import memory as cpu_memory  # the CPU peak needs a fresh process per size
+    for precision_mode in ("auto", "fp32") if device.type == "cuda" else ("auto",):
+        for size in sizes:
+            config = TransferConfig(size=size, steps=3, precision=precision_mode)
+            w, h = images.resize_long_side(content, size).size
+            estimate = estimate_run_bytes(config, h, w, device)
+            if device.type == "cuda":
+                # The first run at a size lets cuDNN autotune, which tries algorithms with workspaces as large
+                # as free memory allows (134 GB at 1024 px on an H200, seen): transient, so measure the second.
+                transfer(content, [style], config, device=device)
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+                transfer(content, [style], config, device=device)
+                peak = torch.cuda.max_memory_allocated(device)
+            else:
+                import memory as cpu_memory  # the CPU peak needs a fresh process per size
 
-            peak = cpu_memory.measure(size, "cpu")["peak"]
-        rows.append({"size": size, "width": w, "height": h, "peak_bytes": peak, "estimate_bytes": estimate,
-                     "estimate_over_peak": estimate / peak})  # fmt: skip
-        print(f"memory {size}: peak {peak / 2**20:.0f} MiB, estimate {estimate / 2**20:.0f} MiB", flush=True)
+                peak = cpu_memory.measure(size, "cpu")["peak"]
+            mode = "bf16" if uses_bf16(precision_mode, device) else "fp32"
+            rows.append({"size": size, "width": w, "height": h, "precision": mode, "peak_bytes": peak,
+                         "estimate_bytes": estimate, "estimate_over_peak": estimate / peak})  # fmt: skip
+            print(f"memory {size} {mode}: peak {peak / 2**20:.0f} MiB, estimate {estimate / 2**20:.0f} MiB", flush=True)
     return {"rows": rows}
 
 
@@ -281,15 +291,15 @@ def precision(content, style, device) -> dict:
 
 def markdown(report: dict) -> str:
     lines = [f"# Fast path on {report['device']} ({report['date']})", "",
-             f"torch {report['torch']}; matmul peak {report['peaks']['fp32']:.2f} TFLOP/s fp32, "
-             f"{report['peaks']['bf16']:.2f} TFLOP/s bf16.", ""]  # fmt: skip
+             f"torch {report['torch']}; matmul peak {report['peaks']['fp32']:.3g} TFLOP/s fp32, "
+             f"{report['peaks']['tf32']:.3g} TF32, {report['peaks']['bf16']:.3g} bf16.", ""]  # fmt: skip
     if "speed" in report:
-        lines += ["| size | W×H | plain loop ms/it | engine ms/it | speed-up | plain TFLOP/s (of fp32 peak) | "
+        lines += ["| size | W×H | plain loop ms/it | engine ms/it | speed-up | plain TFLOP/s (of fp32/TF32 peak) | "
                   "engine TFLOP/s (of its peak) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in report["speed"]["rows"]:
             lines.append(
                 f"| {r['size']} | {r['width']}×{r['height']} | {r['plain_ms']:.1f} | {r['engine_ms']:.1f} | "
-                f"{r['speedup']:.2f}× | {r['plain_tflops']:.3g} ({r['plain_share_of_fp32_peak']:.0%}) | "
+                f"{r['speedup']:.2f}× | {r['plain_tflops']:.3g} ({r['plain_share_of_peak']:.0%}) | "
                 f"{r['engine_tflops']:.3g} ({r['engine_share_of_peak']:.0%}, {r['engine_precision']}) |"
             )
         if "iterations_500_at_512_s" in report["speed"]:
@@ -323,10 +333,14 @@ def markdown(report: dict) -> str:
             "",
         ]  # fmt: skip
     if "memory" in report:
-        lines += ["| size | W×H | measured peak | estimate | estimate / measured |", "|---|---|---|---|---|"]
+        lines += [
+            "| size | W×H | precision | measured peak | estimate | estimate / measured |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in report["memory"]["rows"]:
-            lines.append(f"| {r['size']} | {r['width']}×{r['height']} | {r['peak_bytes'] / 2**20:.0f} MiB | "
-                         f"{r['estimate_bytes'] / 2**20:.0f} MiB | {r['estimate_over_peak']:.2f} |")  # fmt: skip
+            lines.append(f"| {r['size']} | {r['width']}×{r['height']} | {r['precision']} | "
+                         f"{r['peak_bytes'] / 2**20:.0f} MiB | {r['estimate_bytes'] / 2**20:.0f} MiB | "
+                         f"{r['estimate_over_peak']:.2f} |")  # fmt: skip
         lines.append("")
     if "precision" in report:
         p = report["precision"]
@@ -363,6 +377,7 @@ def main() -> None:
         "device": device_name(device), "device_type": device.type,
         "date": datetime.date.today().isoformat(), "torch": torch.__version__, "host": platform.node(),
         "peaks": {"fp32": matmul_peak_tflops(device, torch.float32),
+                  "tf32": matmul_peak_tflops(device, torch.float32, tf32=True),
                   "bf16": matmul_peak_tflops(device, torch.bfloat16)},
     }  # fmt: skip
     print(f"{report['device']}: matmul peaks {report['peaks']}", flush=True)

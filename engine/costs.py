@@ -26,17 +26,30 @@ def content_cost(a_generated: torch.Tensor, a_content: torch.Tensor) -> torch.Te
     return 0.5 * diff.pow(2).flatten(1).sum(1)
 
 
-def gram_matrix(a: torch.Tensor) -> torch.Tensor:
+def gram_matrix(a: torch.Tensor, bands: int | None = None) -> torch.Tensor:
     """Style matrix of a layer: G_kk' = Σ_i Σ_j a_ijk · a_ijk', shape (B, n_C, n_C).
 
-    `a` has shape (B, n_C, n_H, n_W); i, j run over n_H and n_W.
+    `a` has shape (B, n_C, n_H, n_W); i, j run over n_H and n_W. `bands` (a divisor of n_H) overrides
+    how many row bands a channels-last `a` is summed in.
     """
     a = _at_least_fp32(a)
     if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last):
-        x = a.permute(0, 2, 3, 1).flatten(1, 2)  # (B, n_H·n_W, n_C), a view of channels-last memory
-        return x.transpose(1, 2) @ x
+        b, c, h, w = a.shape
+        # (B·k, n_H·n_W / k, n_C), a view of channels-last memory. On a GPU the sum over i, j is split
+        # into k row bands and their Grams added: one long product of (n_C × 49k)·(49k × n_C) keeps only a
+        # few of its cores busy (0.49 ms of a 5 ms iteration on an H200, measured).
+        k = bands or (_row_bands(h, w) if a.is_cuda else 1)
+        x = a.permute(0, 2, 3, 1).reshape(b * k, h // k * w, c)
+        return (x.transpose(1, 2) @ x).view(b, k, c, c).sum(1)
     f = a.flatten(2)  # (B, n_C, n_H·n_W)
     return f @ f.transpose(1, 2)
+
+
+def _row_bands(height: int, width: int, rows_per_band: int = 4096) -> int:
+    """The largest divisor k of `height` that leaves bands of at least `rows_per_band` positions."""
+    return max(
+        k for k in range(1, height + 1) if height % k == 0 and height // k * width >= min(rows_per_band, height * width)
+    )
 
 
 def normalised_gram(a: torch.Tensor) -> torch.Tensor:

@@ -50,13 +50,9 @@ def _read_source(source: str | os.PathLike[str] | bytes, name: str) -> bytes:
     else:
         path = os.fspath(source)
         if not os.path.exists(path):
-            raise InputError(
-                f"The {name} file was not found: {path!s}. Check the path and try again."
-            )
+            raise InputError(f"The {name} file was not found: {path!s}. Check the path and try again.")
         if not os.path.isfile(path):
-            raise InputError(
-                f"The {name} path is not a file: {path!s}. Choose an image file instead."
-            )
+            raise InputError(f"The {name} path is not a file: {path!s}. Choose an image file instead.")
         try:
             # Check the size before reading so a huge file never lands in memory.
             if os.path.getsize(path) > MAX_INPUT_BYTES:
@@ -64,15 +60,11 @@ def _read_source(source: str | os.PathLike[str] | bytes, name: str) -> bytes:
             with open(path, "rb") as f:
                 data = f.read(MAX_INPUT_BYTES + 1)
         except OSError as e:
-            raise InputError(
-                f"The {name} file could not be read ({e.strerror or e}). Check it and try again."
-            ) from e
+            raise InputError(f"The {name} file could not be read ({e.strerror or e}). Check it and try again.") from e
     if len(data) > MAX_INPUT_BYTES:
         raise InputError(_too_many_bytes_message(name))
     if not data:
-        raise InputError(
-            f"The {name} file is empty. Choose a {_FORMATS_FOR_USERS} image."
-        )
+        raise InputError(f"The {name} file is empty. Choose a {_FORMATS_FOR_USERS} image.")
     return data
 
 
@@ -84,11 +76,7 @@ def _too_many_bytes_message(name: str) -> str:
 
 
 def _scale_to_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    scaled = (
-        (values.astype(np.float64) - lo) / (hi - lo)
-        if hi > lo
-        else np.zeros(values.shape)
-    )
+    scaled = (values.astype(np.float64) - lo) / (hi - lo) if hi > lo else np.zeros(values.shape)
     return np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
@@ -129,9 +117,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(
-    source: str | os.PathLike[str] | bytes, *, name: str = "image"
-) -> Image.Image:
+def load_image(source: str | os.PathLike[str] | bytes, *, name: str = "image") -> Image.Image:
     """Decode a user's image (a path or the file's bytes) into an upright 8-bit RGB image.
 
     ``name`` says which image this is in messages ("content image", "style image 2"). Any
@@ -159,9 +145,7 @@ def load_image(
             # The header's size is known before pixel data is decoded: refuse bombs here.
             width, height = img.size
             if width <= 0 or height <= 0:
-                raise InputError(
-                    f"The {name} has no pixels ({width}x{height}). Choose a different image."
-                )
+                raise InputError(f"The {name} has no pixels ({width}x{height}). Choose a different image.")
             if width * height > MAX_INPUT_PIXELS:
                 raise InputError(_too_many_pixels_message(name, (width, height)))
 
@@ -169,9 +153,7 @@ def load_image(
                 img.load()  # decodes the first frame only, also for animated images
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
                 raise InputError(_too_many_pixels_message(name, (width, height))) from e
-            except (
-                Exception
-            ) as e:  # OSError for truncation, SyntaxError, struct errors, ...
+            except Exception as e:  # OSError for truncation, SyntaxError, struct errors, ...
                 raise InputError(
                     f"The {name} is damaged or incomplete (it could not be decoded). "
                     "Re-save or re-export it and try again."
@@ -191,9 +173,7 @@ def load_image(
     except InputError:
         raise
     except Exception as e:  # last guard: users must never see a traceback
-        raise InputError(
-            f"The {name} could not be read ({type(e).__name__}). Try a different file."
-        ) from e
+        raise InputError(f"The {name} could not be read ({type(e).__name__}). Try a different file.") from e
 
 
 def resize_long_side(img: Image.Image, long_side: int) -> Image.Image:
@@ -213,14 +193,7 @@ def image_to_tensor(img: Image.Image) -> torch.Tensor:
     if img.mode != "RGB":
         img = img.convert("RGB")
     arr = np.array(img, dtype=np.uint8)  # a writable copy, as torch.from_numpy wants
-    return (
-        torch.from_numpy(arr)
-        .permute(2, 0, 1)
-        .unsqueeze(0)
-        .to(torch.float32)
-        .div_(255.0)
-        .contiguous()
-    )
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).to(torch.float32).div_(255.0).contiguous()
 
 
 def tensor_to_image(t: torch.Tensor) -> Image.Image:
@@ -232,19 +205,9 @@ def tensor_to_image(t: torch.Tensor) -> Image.Image:
     if t.dim() == 4 and t.shape[0] == 1:
         t = t[0]
     if t.dim() != 3 or t.shape[0] != 3:
-        raise ValueError(
-            f"expected a tensor of shape (1, 3, H, W) or (3, H, W), got {tuple(t.shape)}"
-        )
+        raise ValueError(f"expected a tensor of shape (1, 3, H, W) or (3, H, W), got {tuple(t.shape)}")
     t = torch.nan_to_num(t.to(device="cpu", dtype=torch.float32), nan=0.0)
-    arr = (
-        t.clamp(0.0, 1.0)
-        .mul(255.0)
-        .round()
-        .to(torch.uint8)
-        .permute(1, 2, 0)
-        .contiguous()
-        .numpy()
-    )
+    arr = t.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
     return Image.fromarray(arr)
 
 
@@ -324,9 +287,7 @@ def match_luminance(style_y: torch.Tensor, content_y: torch.Tensor) -> torch.Ten
     return (sigma_c / sigma_s.clamp_min(1e-8)) * (style_y - mu_s) + mu_c
 
 
-def combine_luminance_with_colours(
-    generated_rgb: torch.Tensor, content_rgb: torch.Tensor
-) -> torch.Tensor:
+def combine_luminance_with_colours(generated_rgb: torch.Tensor, content_rgb: torch.Tensor) -> torch.Tensor:
     """Keep the generated image's luminance and the content image's colours (Gatys et al. 2016).
 
     Output = yiq_to_rgb(Y_generated, I_content, Q_content), clamped to [0, 1]. The content is
@@ -338,9 +299,7 @@ def combine_luminance_with_colours(
     height, width = generated_rgb.shape[-2:]
     if content.shape[-2:] != generated_rgb.shape[-2:]:
         lead = content.shape[:-3]
-        flat = content.reshape(
-            -1, 3, *content.shape[-2:]
-        )  # interpolate wants (N, C, H, W)
+        flat = content.reshape(-1, 3, *content.shape[-2:])  # interpolate wants (N, C, H, W)
         flat = torch.nn.functional.interpolate(
             flat,
             size=(height, width),
@@ -352,7 +311,5 @@ def combine_luminance_with_colours(
     y = luminance(generated_rgb)
     iq = rgb_to_yiq(content)[..., 1:, :, :]
     lead = torch.broadcast_shapes(y.shape[:-3], iq.shape[:-3])
-    yiq = torch.cat(
-        [y.expand(*lead, 1, height, width), iq.expand(*lead, 2, height, width)], dim=-3
-    )
+    yiq = torch.cat([y.expand(*lead, 1, height, width), iq.expand(*lead, 2, height, width)], dim=-3)
     return yiq_to_rgb(yiq).clamp(0.0, 1.0)

