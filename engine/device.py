@@ -14,14 +14,15 @@ if TYPE_CHECKING:
     from engine.config import TransferConfig
 from engine.vgg import LAYER_INDEX, LAYER_NAMES, layer_channels, layer_stride
 
-# Peak memory ≈ FIXED + BYTES_PER_ACTIVATION · Σ activation elements (see `activation_elements`).
-# CPU: a straight-line fit of the peak resident memory of whole runs at 128-512 px (benchmarks/memory.py:
-# 5.1 B/element + 872 MiB of libraries and weights), rounded up. CUDA: not yet measured on a GPU here;
-# autograd keeps each ReLU's output and each pool's input and indices (fp32), and backward holds two
-# layers' gradients, so ~11 B/element; benchmarks/memory.py --device cuda checks it where one is lent.
-BYTES_PER_ACTIVATION = {"cpu": 5.5, "cuda": 11.0}
-BF16_SHARE = 0.6  # bf16 halves the saved activations but not the fp32 Grams and costs; a guess until measured
-FIXED_BYTES = {"cpu": 900 * 2**20, "cuda": 300 * 2**20}
+# Peak memory ≈ FIXED + BYTES_PER_ACTIVATION · Σ activation elements (see `activation_elements`) + the
+# optimizer's state (`optimizer_bytes`), each a straight-line fit of measured peaks (benchmarks/fast.py,
+# memory section), rounded up about 5 %:
+# - CPU: peak resident set (VmHWM) of whole runs at 128-512 px: 750 MiB + 5.19 B per element;
+# - CUDA: torch.cuda.max_memory_allocated at 256-2048 px on an H200, after cuDNN's first autotuning run
+#   (that one briefly takes whatever workspace is free); fits 1395 MiB + 3.04 B (bf16) and 1369 MiB +
+#   4.29 B (fp32) per element, within 0.1 % at every size. The CUDA context (~0.5 GiB) is not included.
+BYTES_PER_ACTIVATION = {("cpu", "fp32"): 5.5, ("cuda", "fp32"): 4.5, ("cuda", "bf16"): 3.2}
+FIXED_BYTES = {"cpu": 800 * 2**20, "cuda": 1450 * 2**20}
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -93,7 +94,8 @@ def estimate_peak_bytes(
 ) -> int:  # fmt: skip
     """Peak memory of one optimisation at this size, from the activation count (fitted, ±20 %)."""
     kind = "cuda" if device.type == "cuda" else "cpu"
-    per_activation = BYTES_PER_ACTIVATION[kind] * (BF16_SHARE if uses_bf16(precision, device) else 1.0)
+    dtype = "bf16" if uses_bf16(precision, device) else "fp32"
+    per_activation = BYTES_PER_ACTIVATION.get((kind, dtype), BYTES_PER_ACTIVATION[(kind, "fp32")])
     per_image = activation_elements(height, width, deepest_layer) * per_activation
     return int(FIXED_BYTES[kind] + batch * (per_image + optimizer_bytes(height, width, history)))
 
