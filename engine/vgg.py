@@ -11,6 +11,7 @@ import functools
 import hashlib
 import importlib.util
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -191,12 +192,14 @@ class VGGFeatures(nn.Module):
         self.eval()
         self._wanted = {LAYER_INDEX[n]: n for n in self.layers}
 
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """`image`: (B, 3, H, W) RGB in [0, 1]."""
+    def forward(self, image: torch.Tensor, layers: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """`image`: (B, 3, H, W) RGB in [0, 1]; `layers`: a subset of `self.layers` (all by default), the
+        network stopping after the deepest of them."""
+        wanted = self._wanted if layers is None else {LAYER_INDEX[name]: name for name in layers}
         x = (image.flip(1) if self._bgr else image) * self.input_scale + self.input_shift
         out: dict[str, torch.Tensor] = {}
-        for i, module in enumerate(self.net):
+        for i, module in enumerate(self.net if layers is None else self.net[: max(wanted) + 1]):
             x = module(x)
-            if i in self._wanted:
-                out[self._wanted[i]] = x
+            if i in wanted:
+                out[wanted[i]] = x
         return out

