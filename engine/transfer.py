@@ -1,7 +1,9 @@
-"""The optimisation loop: minimise J(G) over the pixels of G by L-BFGS or Adam, coarse to fine.
+"""The optimisation loop: minimise J(G) over the pixels of G by L-BFGS or Adam, optionally coarse to
+fine, for one G or a batch of them (a λ sweep) with per-image weights and optimizer state.
 
-Scope: inits, the per-step callback, cancellation and the best-image-so-far. Progress leaves the loop
-only through `on_step(StepReport)`; logging and UI live with the callers. No Streamlit, no MLflow.
+Scope: inits, the per-step callback, cancellation and the best-image-so-far, and the GPU fast path
+(bf16 convolutions, CUDA-graph replay, no host waits). Progress leaves the loop only through
+`on_step(StepReport)`; logging and UI live with the callers. No Streamlit, no MLflow.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ log = logging.getLogger(__name__)
 
 CUDA_GRAPHS = True  # replay each L-BFGS iteration as a CUDA graph on GPUs (benchmarks switch it off to compare)
 GRAPH_WARMUP = 3  # eager iterations before capture: cuDNN autotuning and the allocator settle in them
-# On the CPU a batch goes through the network one image at a time, each image computing only the Grams
-# (and the depth) its λ weighs: batched passes were slower per image (2 threads, 256 px: 1/2/4/8 images per pass took
-# 213/226/233/302 ms per image and iteration), so there a batch shares only the per-run set-up.
+# On the CPU a batch goes through the network one image at a time, each computing only the Grams (and
+# the depth) its λ weighs: batched passes were slower per image (2 threads, 256 px: 1/2/4/8 images per
+# pass took 213/226/233/302 ms per image and iteration), so there a batch shares only the set-up.
 CPU_IMAGES_PER_PASS = 1
 LBFGS_RESTART_FACTOR = 10.0  # a cost this many times the best so far means L-BFGS overshot
 MAX_NON_FINITE_STEPS = 3  # non-finite costs in a row before a run counts as diverged
@@ -235,7 +237,8 @@ class _BatchRun:
             floats = {k: v[i] for k, v in costs.items() if not k.startswith("style/") or k[6:] in config.lambdas}
             total = floats["total"]
             self.non_finite[i] = 0 if math.isfinite(total) else self.non_finite[i] + 1
-            if self.best[i] is None or total < self.best[i][1]["total"]:
+            best = self.best[i]
+            if best is None or not math.isfinite(best[1]["total"]) or total < best[1]["total"]:
                 self.best[i] = (point[i : i + 1], floats)
             reports.append(
                 StepReport(

@@ -471,7 +471,7 @@ def test_estimated_seconds_scale_with_steps_rate_and_device():
     assert estimate_seconds(config.replace(steps=200), "cpu") == pytest.approx(2 * estimate_seconds(config, "cpu"))
     assert estimate_seconds(config, "cpu", 0.01) == pytest.approx(2 * estimate_seconds(config, "cpu", 0.005))
     assert estimate_seconds(config, "cuda:0") < estimate_seconds(config, "cpu") / 10
-    assert default_seconds_per_gflop("cpu") == pytest.approx(1 / 184)
+    assert default_seconds_per_gflop("cpu") == pytest.approx(1 / jobs.CPU_GFLOPS)
     # 4:3 landscape and 3:4 portrait cost the same; a square costs a third more
     landscape = estimate_seconds(config, "cpu")
     assert estimate_seconds(config, "cpu", aspect=4 / 3) == pytest.approx(landscape, rel=0.02)
