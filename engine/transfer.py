@@ -167,7 +167,7 @@ def transfer_batch(
     net = _feature_net(layers, config.weights, config.pooling, str(device))
     bf16 = uses_bf16(config.precision, device)
 
-    run = _BatchRun(configs, len(configs), time.perf_counter(), on_step, should_stop)
+    run = _BatchRun(configs, time.perf_counter(), on_step, should_stop)
     content_rgb = None
     for scale, (size, steps) in enumerate(config.schedule):
         content_rgb = images.image_to_tensor(images.resize_long_side(content, size)).to(device)
@@ -213,13 +213,13 @@ def _batch_objective(
 class _BatchRun:
     """Host-side bookkeeping of a batch: step counts, each image's best G and costs, reports, stopping."""
 
-    def __init__(self, configs, batch, start, on_step, should_stop):
-        self.configs, self.batch, self.start = configs, batch, start
+    def __init__(self, configs, start, on_step, should_stop):
+        self.configs, self.batch, self.start = configs, len(configs), start
         self.on_step, self.should_stop = on_step, should_stop
         self.step = 0
         self.stopped: str | None = None
-        self.best: list[tuple[torch.Tensor, dict[str, float]] | None] = [None] * batch
-        self.non_finite = [0] * batch
+        self.best: list[tuple[torch.Tensor, dict[str, float]] | None] = [None] * self.batch
+        self.non_finite = [0] * self.batch
         self.content_rgb: torch.Tensor | None = None
 
     def new_scale(self, content_rgb: torch.Tensor) -> None:
