@@ -77,7 +77,7 @@ class BatchedLBFGS:
         self.sy.index_copy_(2, self.slot, sy_col)
         self.yy.index_copy_(1, self.slot, yy_row.transpose(1, 2))
         self.yy.index_copy_(2, self.slot, yy_row)
-        yy_new = (y * y).sum(1).double()
+        yy_new = yy_row.squeeze(2).index_select(1, self.slot).squeeze(1)  # yᵀy of the pair just written
         gamma = torch.where(keep, ys.double() / yy_new.clamp_min(1e-300), self.gamma)
         self.gamma.copy_(torch.where(overshot, torch.ones_like(gamma), gamma))
 

@@ -331,7 +331,7 @@ def _optimise(
 
     def iterate() -> tuple[torch.Tensor, torch.Tensor]:
         """One iteration: (G as evaluated, its costs packed as in `_cost_names`); G is updated in place."""
-        if g.device.type == "cuda" or len(g) == 1:
+        if g.device.type == "cuda":
             costs, grad = costs_and_gradient(g)
             packed = _pack(costs)
         else:  # the CPU: one image per network pass (see CPU_IMAGES_PER_PASS)
