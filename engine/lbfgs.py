@@ -7,7 +7,10 @@ quasi-Newton direction per iteration (no line search); the first step after a (r
 step scaled by min(1, 1/‖g‖₁). Differences from torch's, each measured in benchmarks/fast.py:
 
 - the direction comes from the compact representation (Byrd, Nocedal & Schnabel 1994) instead of the
-  two-loop recursion: a fixed handful of batched matrix products instead of ~4·m small kernels;
+  two-loop recursion: a fixed handful of batched matrix products instead of ~4·m small kernels. S and
+  Y share one buffer, so a step reads the history twice (once for every inner product, once for the
+  direction) where separate products read it seven times: the history is the largest state there is
+  (B·2m·n floats) and on a GPU the step is bound by reading it;
 - a step that raises an image's cost above `restart_factor`× its best goes back to the best point and
   empties that image's history (without a line search L-BFGS can step far uphill, even to inf).
 """
@@ -32,7 +35,9 @@ class BatchedLBFGS:
         self.x, self.lr, self.m, self.restart_factor = x, float(lr), int(history), float(restart_factor)
         b, n, m = x.shape[0], x[0].numel(), self.m
         new = lambda *shape, **kw: torch.zeros(*shape, device=x.device, **kw)  # noqa: E731
-        self.s, self.y = new(b, m, n), new(b, m, n)  # history pairs, slot k written at iteration ≡ k mod m
+        # history pairs: rows 0…m−1 hold S, rows m…2m−1 hold Y; slot k written at iteration ≡ k mod m
+        self.history = new(b, 2 * m, n)
+        self.s, self.y = self.history[:, :m], self.history[:, m:]
         self.sy, self.yy = new(b, m, m, dtype=torch.float64), new(b, m, m, dtype=torch.float64)  # sᵢᵀyⱼ, yᵢᵀyⱼ
         self.valid = new(b, m, dtype=torch.bool)
         self.gamma = torch.ones(b, device=x.device, dtype=torch.float64)  # H₀ = γI, γ = sᵀy / yᵀy of the newest pair
@@ -70,19 +75,20 @@ class BatchedLBFGS:
         self.y.index_copy_(1, self.slot, y[:, None])
         self.valid.index_copy_(1, self.slot, keep[:, None])
         self.valid &= ~overshot[:, None]
-        sy_row = torch.bmm(self.y, s[:, :, None]).double()  # y_jᵀ s for every slot j, (B, m, 1)
-        sy_col = torch.bmm(self.s, y[:, :, None]).double()  # s_iᵀ y
-        yy_row = torch.bmm(self.y, y[:, :, None]).double()
-        self.sy.index_copy_(1, self.slot, sy_row.transpose(1, 2))
-        self.sy.index_copy_(2, self.slot, sy_col)
-        self.yy.index_copy_(1, self.slot, yy_row.transpose(1, 2))
-        self.yy.index_copy_(2, self.slot, yy_row)
-        yy_new = yy_row.squeeze(2).index_select(1, self.slot).squeeze(1)  # yᵀy of the pair just written
+        # Every inner product this step needs, in one pass over the history: [S; Y]·[s y g].
+        products = torch.bmm(self.history, torch.stack([s, y, g], dim=1).transpose(1, 2)).double()  # (B, 2m, 3)
+        y_s, s_y, y_y = products[:, self.m :, 0:1], products[:, : self.m, 1:2], products[:, self.m :, 1:2]
+        self.sy.index_copy_(1, self.slot, y_s.transpose(1, 2))  # row: s_newᵀ y_j
+        self.sy.index_copy_(2, self.slot, s_y)  # column: s_iᵀ y_new
+        self.yy.index_copy_(1, self.slot, y_y.transpose(1, 2))
+        self.yy.index_copy_(2, self.slot, y_y)
+        yy_new = y_y.squeeze(2).index_select(1, self.slot).squeeze(1)  # yᵀy of the pair just written
         gamma = torch.where(keep, ys.double() / yy_new.clamp_min(1e-300), self.gamma)
         self.gamma.copy_(torch.where(overshot, torch.ones_like(gamma), gamma))
 
         order = (self._slots + self.slot + 1) % self.m  # slots oldest to newest
-        direction = -self._inverse_hessian_times(g, order, (self._slots - self.slot - 1) % self.m)
+        history_g = products[:, :, 2]  # Sᵀg and Yᵀg, slots in storage order
+        direction = -self._inverse_hessian_times(g, history_g, order, (self._slots - self.slot - 1) % self.m)
         # First step after a (re)start: a gradient step no longer than lr in ‖·‖₁ terms (as torch's LBFGS).
         first = self.fresh | overshot
         scale = torch.where(first, (1.0 / g.abs().sum(1)).clamp(max=1.0), torch.ones_like(losses)) * self.lr
@@ -93,15 +99,17 @@ class BatchedLBFGS:
         self.fresh.copy_(overshot)
         self.slot.add_(1).remainder_(self.m)
 
-    def _inverse_hessian_times(self, g: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    def _inverse_hessian_times(
+        self, g: torch.Tensor, history_g: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor
+    ) -> torch.Tensor:
         """H·g with the compact form H = γI + [S γY]·M·[Sᵀ; γYᵀ] (Byrd, Nocedal & Schnabel 1994, eq. 3.13):
         M = [[R⁻ᵀ(D + γYᵀY)R⁻¹, −R⁻ᵀ], [−R⁻¹, 0]], R the upper triangle of SᵀY in time order, D its diagonal.
 
         Empty slots have s = y = 0 and a unit diagonal in R, so they drop out of every product.
         """
         gamma = self.gamma
-        a = torch.bmm(self.s, g[:, :, None]).squeeze(2).double()[:, order]  # Sᵀg, oldest first
-        yg = torch.bmm(self.y, g[:, :, None]).squeeze(2).double()[:, order]  # Yᵀg
+        a = history_g[:, : self.m][:, order]  # Sᵀg, oldest first
+        yg = history_g[:, self.m :][:, order]  # Yᵀg
         valid = self.valid[:, order]
         sy = self.sy[:, order][:, :, order]
         yy = self.yy[:, order][:, :, order]
@@ -110,10 +118,7 @@ class BatchedLBFGS:
         u = torch.linalg.solve_triangular(r, a[:, :, None], upper=True)  # R⁻¹Sᵀg
         rhs = d[:, :, None] * u + gamma[:, None, None] * (yy @ u) - gamma[:, None, None] * yg[:, :, None]
         w = torch.linalg.solve_triangular(r.transpose(1, 2), rhs, upper=False)  # R⁻ᵀ((D + γYᵀY)u − γYᵀg)
-        w_s = w.squeeze(2)[:, inverse].float()
-        w_y = (-gamma[:, None] * u.squeeze(2))[:, inverse].float()
-        return (
-            gamma.float()[:, None] * g
-            + torch.bmm(w_s[:, None, :], self.s).squeeze(1)
-            + torch.bmm(w_y[:, None, :], self.y).squeeze(1)
-        )
+        w_s = w.squeeze(2)[:, inverse]
+        w_y = (-gamma[:, None] * u.squeeze(2))[:, inverse]
+        coefficients = torch.cat([w_s, w_y], dim=1).float()[:, None, :]  # (B, 1, 2m), rows as in the history
+        return gamma.float()[:, None] * g + torch.bmm(coefficients, self.history).squeeze(1)  # one more pass
