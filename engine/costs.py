@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -118,6 +119,7 @@ class Objective(nn.Module):
         beta: Weight,
         tv_weight: Weight = 0.0,
         style_blend: list[float] | None = None,
+        reported: Mapping[str, Sequence[bool]] | None = None,
     ):
         super().__init__()
         self.content_layer = content_layer
@@ -130,46 +132,64 @@ class Objective(nn.Module):
         blend = style_blend or [1.0] * len(style_features)
         blend = [w / sum(blend) for w in blend]
         self.register_buffer("content_target", content_features[content_layer].detach().float())
+        # On the host too: which images weigh (or report) a layer decides what a pass computes, and
+        # reading that from the device would stall it every iteration.
+        self._lambdas = {
+            layer: value if isinstance(value, float | int) else tuple(value) for layer, value in lambdas.items()
+        }
+        self._reported = {layer: tuple(flags) for layer, flags in (reported or {}).items()}
         for layer, value in lambdas.items():
             self.register_buffer(f"lambda_{layer}", weight(value))
             target = sum(w * normalised_gram(f[layer].detach()) for w, f in zip(blend, style_features, strict=True))
             self.register_buffer(f"gram_{layer}", target)
 
-    def weighted_layers(self, images: slice = slice(None)) -> tuple[str, ...]:
-        """The style layers whose λ is not 0 for some of the batch's images `images` (reads λ on the host)."""
-        return tuple(
-            layer
-            for layer in self.style_layers
-            if bool(torch.atleast_1d(getattr(self, f"lambda_{layer}"))[images].any())
-        )
+    def _images_reading(self, layer: str, count: int, images: slice) -> tuple[list[bool], list[bool]]:
+        """For the `count` images `images` of the batch: (weighs `layer`, reads `layer`). An image reads
+        a layer it weighs, or one it reports although its λ there is 0."""
+        value = self._lambdas[layer]
+        weighs = [v != 0 for v in value[images]] if isinstance(value, tuple) else [value != 0] * count
+        reports = list(self._reported[layer][images]) if layer in self._reported else [True] * count
+        return weighs, [w or r for w, r in zip(weighs, reports, strict=True)]
 
-    def forward(
-        self,
-        features: Mapping[str, torch.Tensor],
-        image: torch.Tensor,
-        images: slice = slice(None),
-        style_layers: tuple[str, ...] | None = None,
-    ) -> Costs:
+    def layers_read(self, count: int, images: slice = slice(None)) -> list[tuple[str, ...]]:
+        """For each of the `count` images `images` of the batch, the layers its costs read."""
+        reading = {layer: self._images_reading(layer, count, images)[1] for layer in self.style_layers}
+        return [
+            tuple(dict.fromkeys([self.content_layer, *(layer for layer, reads in reading.items() if reads[i])]))
+            for i in range(count)
+        ]
+
+    def forward(self, features: Mapping[str, torch.Tensor], image: torch.Tensor, images: slice = slice(None)) -> Costs:
         """The costs of `image`, which holds the batch's images `images` (all by default).
 
-        `style_layers` (see `weighted_layers`) limits the Grams computed; the other layers' costs are
-        reported as 0, which their λ = 0 makes them count as anyway.
+        A style layer's activation may hold only the first images of the pass (see
+        `VGGFeatures.forward`'s `reach`): its Grams are computed for the run of images that read the
+        layer, and the others' costs there are 0, which their λ = 0 makes them count as anyway.
         """
+        count = image.shape[0]
 
         def weight(name: str) -> torch.Tensor:
             value = getattr(self, name)
             return value[images] if value.dim() else value
 
         content = content_cost(features[self.content_layer], self.content_target)
-        per_layer = {
-            layer: style_layer_cost(features[layer], getattr(self, f"gram_{layer}"))
-            if style_layers is None or layer in style_layers
-            else torch.zeros_like(content)
-            for layer in self.style_layers
-        }
+        per_layer = {layer: self._style_cost(layer, features, count, images) for layer in self.style_layers}
         style = sum(weight(f"lambda_{layer}") * cost for layer, cost in per_layer.items())
         if not per_layer:
             style = torch.zeros_like(content)
         tv = tv_cost(image)
         total = weight("alpha") * content + weight("beta") * style + weight("tv_weight") * tv
         return Costs(total=total, content=content, style=style, style_layers=per_layer, tv=tv)
+
+    def _style_cost(self, layer: str, features: Mapping[str, torch.Tensor], count: int, images: slice) -> torch.Tensor:
+        """J_style[layer] of the pass's `count` images, computed for the first to the last that read it."""
+        weighs, reads = self._images_reading(layer, count, images)
+        rows = [i for i, r in enumerate(reads) if r]
+        if not rows:
+            return features[self.content_layer].new_zeros(count, dtype=torch.float32)
+        first, end = rows[0], rows[-1] + 1
+        activation = features[layer][first:end]
+        if not any(weighs[first:end]):  # reported only: no gradient to compute
+            activation = activation.detach()
+        cost = style_layer_cost(activation, getattr(self, f"gram_{layer}"))
+        return cost if (first, end) == (0, count) else F.pad(cost, (first, count - end))

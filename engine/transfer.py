@@ -25,15 +25,16 @@ from engine.costs import Costs, Objective
 from engine.device import check_fits, enable_gpu_basics, estimate_run_bytes, pick_device, uses_bf16
 from engine.errors import InputError
 from engine.lbfgs import BatchedLBFGS
-from engine.vgg import VGGFeatures
+from engine.vgg import LAYER_INDEX, VGGFeatures, deepest_layer
 
 log = logging.getLogger(__name__)
 
 CUDA_GRAPHS = True  # replay each L-BFGS iteration as a CUDA graph on GPUs (benchmarks switch it off to compare)
 GRAPH_WARMUP = 3  # eager iterations before capture: cuDNN autotuning and the allocator settle in them
-# On the CPU a batch goes through the network one image at a time, each computing only the Grams (and
-# the depth) its λ weighs: batched passes were slower per image (2 threads, 256 px: 1/2/4/8 images per
-# pass took 213/226/233/302 ms per image and iteration), so there a batch shares only the set-up.
+# On a GPU a batch goes through the network in one pass. On the CPU it goes one image at a time:
+# batched passes were slower per image (2 threads, 256 px: 1/2/4/8 images per pass took 213/226/233/302
+# ms per image and iteration), so there a batch shares only the set-up. (Tests raise this to run the
+# GPU's one-pass path on the CPU.)
 CPU_IMAGES_PER_PASS = 1
 LBFGS_RESTART_FACTOR = 10.0  # a cost this many times the best so far means L-BFGS overshot
 MAX_NON_FINITE_STEPS = 3  # non-finite costs in a row before a run counts as diverged
@@ -155,6 +156,8 @@ def transfer_batch(
     device by one iteration, so the host never waits for the iteration it has just queued.
     """
     check_batchable(configs)
+    order = _batch_order(configs)
+    configs = [configs[i] for i in order]
     config = configs[0]  # every knob outside BATCH_KNOBS is the same for all
     check_style_images(config.style_blend, len(styles))
     device = torch.device(device) if device is not None else pick_device()
@@ -167,7 +170,7 @@ def transfer_batch(
     net = _feature_net(layers, config.weights, config.pooling, str(device))
     bf16 = uses_bf16(config.precision, device)
 
-    run = _BatchRun(configs, time.perf_counter(), on_step, should_stop)
+    run = _BatchRun(configs, order, time.perf_counter(), on_step, should_stop)
     content_rgb = None
     for scale, (size, steps) in enumerate(config.schedule):
         content_rgb = images.image_to_tensor(images.resize_long_side(content, size)).to(device)
@@ -190,11 +193,24 @@ def transfer_batch(
     return run.results(device)
 
 
+def _batch_order(configs: Sequence[TransferConfig]) -> list[int]:
+    """Indices of `configs` in the order a batch runs them: the deepest first, so that where images
+    stop, the network goes on with the first ones (a view of the batch); then by the style layers they
+    read, so that the images sharing a layer's Gram sit side by side (a slice, not a gather)."""
+
+    def key(i: int) -> tuple[int, int, int]:
+        config = configs[i]
+        style = [LAYER_INDEX[layer] for layer in config.lambdas] or [-1]
+        return -LAYER_INDEX[deepest_layer(config.layers)], min(style), max(style)
+
+    return sorted(range(len(configs)), key=key)
+
+
 def _batch_objective(
     configs: Sequence[TransferConfig], content_features: dict, style_features: list[dict]
 ) -> Objective:
     """One Objective for the batch: each weight a vector with one entry per config (λ = 0 where a
-    config does not use a layer)."""
+    config does not use a layer, whose cost it then neither computes nor reports)."""
     config = configs[0]
     layers = tuple(dict.fromkeys(layer for c in configs for layer in c.lambdas))
     per_image = lambda get: [get(c) for c in configs]  # noqa: E731
@@ -207,14 +223,17 @@ def _batch_objective(
         beta=per_image(lambda c: c.beta),
         tv_weight=per_image(lambda c: c.tv_weight),
         style_blend=list(config.style_blend) or None,
+        reported={layer: per_image(lambda c, layer=layer: layer in c.lambdas) for layer in layers},
     )
 
 
 class _BatchRun:
     """Host-side bookkeeping of a batch: step counts, each image's best G and costs, reports, stopping."""
 
-    def __init__(self, configs, start, on_step, should_stop):
-        self.configs, self.batch, self.start = configs, len(configs), start
+    def __init__(self, configs, order, start, on_step, should_stop):
+        # configs in batch order; order[k] is the caller's index of configs[k], whose order reports
+        # and results come back in
+        self.configs, self.order, self.batch, self.start = configs, order, len(configs), start
         self.on_step, self.should_stop = on_step, should_stop
         self.step = 0
         self.stopped: str | None = None
@@ -253,7 +272,7 @@ class _BatchRun:
         if min(self.non_finite) >= MAX_NON_FINITE_STEPS:
             self.stopped = "diverged"
         if self.on_step is not None:
-            self.on_step(reports)
+            self.on_step(self._in_callers_order(reports))
         if not self.stopped and self.should_stop is not None and self.should_stop():
             self.stopped = "cancelled"
 
@@ -261,18 +280,26 @@ class _BatchRun:
         if any(best is None or not math.isfinite(best[1]["total"]) for best in self.best):
             raise InputError("The optimisation diverged at once (non-finite cost). Lower lr or the weights.")
         elapsed = time.perf_counter() - self.start
-        return [
-            TransferResult(
-                image=_to_output(point, self.content_rgb, config),
-                costs=costs,
-                steps_done=self.step,
-                total_steps=config.total_steps,
-                elapsed_s=elapsed,
-                device=str(device),
-                stopped=self.stopped,
-            )
-            for config, (point, costs) in zip(self.configs, self.best, strict=True)
-        ]
+        return self._in_callers_order(
+            [
+                TransferResult(
+                    image=_to_output(point, self.content_rgb, config),
+                    costs=costs,
+                    steps_done=self.step,
+                    total_steps=config.total_steps,
+                    elapsed_s=elapsed,
+                    device=str(device),
+                    stopped=self.stopped,
+                )
+                for config, (point, costs) in zip(self.configs, self.best, strict=True)
+            ]
+        )
+
+    def _in_callers_order(self, items: list) -> list:
+        out = [None] * self.batch
+        for item, index in zip(items, self.order, strict=True):
+            out[index] = item
+        return out
 
 
 def _network_inputs(
@@ -319,23 +346,22 @@ def _optimise(
             g.clamp_(0, 1)
 
     def costs_and_gradient(x: torch.Tensor, images: slice = slice(None)) -> tuple[Costs, torch.Tensor]:
-        # On the CPU, only the Grams (and the network depth) these images' λ weigh; on a GPU reading λ
-        # would stall the device, and the unweighted Grams cost next to nothing.
-        style_layers = objective.weighted_layers(images) if x.device.type == "cpu" else None
-        layers = None if style_layers is None else (objective.content_layer, *style_layers)
+        # Each image goes only as deep, and has only the Grams, that its costs read (see _batch_order).
+        reach = [deepest_layer(layers) for layers in objective.layers_read(len(x), images)]
         with torch.autocast(g.device.type, torch.bfloat16, enabled=bf16, cache_enabled=False):
-            features = net(x.contiguous(memory_format=torch.channels_last), layers)
-        costs = objective(features, x, images, style_layers)
+            features = net(x.contiguous(memory_format=torch.channels_last), reach)
+        costs = objective(features, x, images)
         (grad,) = torch.autograd.grad(costs.total.sum(), x)
         return costs, grad
 
     def iterate() -> tuple[torch.Tensor, torch.Tensor]:
         """One iteration: (G as evaluated, its costs packed as in `_cost_names`); G is updated in place."""
-        if g.device.type == "cuda":
+        per_pass = len(g) if g.device.type == "cuda" else CPU_IMAGES_PER_PASS
+        if per_pass >= len(g):
             costs, grad = costs_and_gradient(g)
             packed = _pack(costs)
-        else:  # the CPU: one image per network pass (see CPU_IMAGES_PER_PASS)
-            parts = [slice(i, i + CPU_IMAGES_PER_PASS) for i in range(0, len(g), CPU_IMAGES_PER_PASS)]
+        else:
+            parts = [slice(i, i + per_pass) for i in range(0, len(g), per_pass)]
             results = [costs_and_gradient(g[part].detach().requires_grad_(True), part) for part in parts]
             packed = torch.cat([_pack(costs) for costs, _ in results], dim=1)
             grad = torch.cat([grad for _, grad in results])

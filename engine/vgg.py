@@ -10,8 +10,9 @@ import difflib
 import functools
 import hashlib
 import importlib.util
+import itertools
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -192,14 +193,32 @@ class VGGFeatures(nn.Module):
         self.eval()
         self._wanted = {LAYER_INDEX[n]: n for n in self.layers}
 
-    def forward(self, image: torch.Tensor, layers: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
-        """`image`: (B, 3, H, W) RGB in [0, 1]; `layers`: a subset of `self.layers` (all by default), the
-        network stopping after the deepest of them."""
-        wanted = self._wanted if layers is None else {LAYER_INDEX[name]: name for name in layers}
+    def forward(self, image: torch.Tensor, reach: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """`image`: (B, 3, H, W) RGB in [0, 1]. Returns the activation of every layer of `self.layers`
+        that the batch reaches.
+
+        `reach` (one layer per image, deepest first) stops image i after layer `reach[i]`: where images
+        stop, the batch narrows to the first images (a view, not a copy), so each activation holds the
+        images that reach its layer, always the first k of the batch. A λ sweep whose images weigh
+        different layers so skips the depth and Grams that only some of them need.
+        """
+        depths = [len(self.net) - 1] * len(image) if reach is None else [LAYER_INDEX[name] for name in reach]
+        if len(depths) != len(image) or any(a < b for a, b in itertools.pairwise(depths)):
+            raise ValueError(f"reach needs one layer per image, deepest first; got {reach} for {len(image)} images")
+        if depths[0] >= len(self.net):
+            raise ValueError(f"{reach[0]} is deeper than this network ({LAYER_NAMES[len(self.net) - 1]})")
         x = (image.flip(1) if self._bgr else image) * self.input_scale + self.input_shift
         out: dict[str, torch.Tensor] = {}
-        for i, module in enumerate(self.net if layers is None else self.net[: max(wanted) + 1]):
+        for i, module in enumerate(self.net[: depths[0] + 1]):
             x = module(x)
-            if i in wanted:
-                out[wanted[i]] = x
+            if i in self._wanted:
+                out[self._wanted[i]] = x
+            going_on = sum(depth > i for depth in depths)
+            if going_on < len(x):
+                x = x[:going_on]
         return out
+
+
+def deepest_layer(layers: Iterable[str]) -> str:
+    """The layer of `layers` that comes last in the network."""
+    return max(layers, key=LAYER_INDEX.__getitem__)

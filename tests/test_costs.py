@@ -122,3 +122,50 @@ def test_gram_summed_in_row_bands_equals_the_whole_product():
     whole = gram_matrix(a, bands=1)
     assert torch.allclose(gram_matrix(a, bands=4), whole, rtol=1e-5, atol=1e-4)
     assert torch.allclose(whole, gram_matrix(a.contiguous()), rtol=1e-5, atol=1e-4)
+
+
+def test_a_narrowed_pass_gives_the_full_passes_costs_and_gradient():
+    # Image 0 weighs both layers, image 1 only relu1_1 with relu2_1 reported at λ = 0, image 2 neither:
+    # the narrowed pass computes relu2_1's Gram for image 0 and 1 only, and no gradient through image 1's.
+    torch.manual_seed(3)
+    feats = lambda b: {"relu1_1": torch.randn(b, 2, 4, 4), "relu2_1": torch.randn(b, 3, 2, 2)}  # noqa: E731
+    c, s = feats(1), feats(1)
+    lambdas = {"relu1_1": [0.5, 2.0, 0.0], "relu2_1": [1.0, 0.0, 0.0]}
+    reported = {"relu1_1": [True, True, False], "relu2_1": [True, True, False]}
+    objective = Objective(c, [s], content_layer="relu1_1", lambdas=lambdas, alpha=1.0, beta=3.0, reported=reported)
+    assert objective.layers_read(3) == [
+        ("relu1_1", "relu2_1"),
+        ("relu1_1", "relu2_1"),
+        ("relu1_1",),
+    ]
+    g = {k: v.requires_grad_(True) for k, v in feats(3).items()}
+    image = torch.rand(3, 3, 4, 4)
+    full = objective(g, image)
+    narrowed = objective({"relu1_1": g["relu1_1"], "relu2_1": g["relu2_1"][:2]}, image)
+    expected_relu2_1 = style_layer_cost(g["relu2_1"][:2], normalised_gram(s["relu2_1"]))
+    assert torch.allclose(narrowed.style_layers["relu2_1"][:2], expected_relu2_1)
+    assert narrowed.style_layers["relu2_1"][2] == 0  # not read by image 2
+    assert narrowed.style_layers["relu1_1"][2] == 0
+    assert torch.allclose(narrowed.total, full.total)
+    (full_grad,) = torch.autograd.grad(full.total.sum(), g["relu2_1"])
+    (narrow_grad,) = torch.autograd.grad(narrowed.total.sum(), g["relu2_1"])
+    assert torch.allclose(narrow_grad, full_grad)
+    assert narrow_grad[1:].abs().max() == 0 and narrow_grad[0].abs().max() > 0
+
+
+def test_a_pass_over_part_of_the_batch_reads_that_parts_weights():
+    torch.manual_seed(4)
+    feats = lambda b: {"relu1_1": torch.randn(b, 2, 4, 4), "relu2_1": torch.randn(b, 3, 2, 2)}  # noqa: E731
+    c, s = feats(1), feats(1)
+    objective = Objective(
+        c, [s], content_layer="relu1_1", lambdas={"relu2_1": [0.0, 1.0]}, alpha=[1.0, 2.0], beta=1.0,
+        reported={"relu2_1": [False, True]},
+    )  # fmt: skip
+    second = feats(1)
+    costs = objective(second, torch.rand(1, 3, 4, 4), images=slice(1, 2))
+    assert objective.layers_read(1, slice(1, 2)) == [("relu1_1", "relu2_1")]
+    assert objective.layers_read(1, slice(0, 1)) == [("relu1_1",)]
+    assert costs.style.item() == pytest.approx(
+        style_layer_cost(second["relu2_1"], normalised_gram(s["relu2_1"])).item()
+    )
+    assert costs.content.item() > 0 and costs.total.item() > 2 * costs.content.item()

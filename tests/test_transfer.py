@@ -1,5 +1,6 @@
 """The optimisation loop end to end with the real VGG19 weights, on small images."""
 
+import itertools
 import time
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import torch
 from PIL import Image
 
 from engine import images
+from engine import transfer as transfer_module
 from engine.config import TransferConfig
 from engine.device import available_bytes, estimate_peak_bytes
 from engine.errors import InputError
@@ -177,6 +179,43 @@ def test_a_batch_gives_each_setting_its_own_run(content, style):
         assert many.costs["total"] == pytest.approx(one.costs["total"], rel=0.01)
         assert np.abs(np.asarray(many.image, float) - np.asarray(one.image, float)).mean() < 3
     assert batched[0].costs["total"] != pytest.approx(batched[1].costs["total"], rel=0.1)  # really different
+
+
+def test_one_pass_over_a_batch_narrows_per_image_and_matches_image_by_image(content, style, monkeypatch):
+    # The GPU's path (one network pass for the whole batch, each image only as deep and with only the
+    # Grams its λ read), run here on the CPU, against the CPU's image-by-image path. The settings come
+    # unsorted; reports and results must come back in the caller's order.
+    base = TransferConfig(size=48, steps=5, init="noise")
+    configs = [
+        base.replace(style_layers={"relu1_1": 1.0}),
+        base.replace(style_layers={"relu5_1": 1.0}),
+        base,
+        base.replace(style_layers={"relu1_1": 0.5, "relu2_1": 0.0}),  # relu2_1 reported, not weighed
+    ]
+    by_image = transfer_batch(content, [style], configs, device="cpu")
+    monkeypatch.setattr(transfer_module, "CPU_IMAGES_PER_PASS", len(configs))
+    reports: list[list] = []
+    one_pass = transfer_batch(content, [style], configs, on_step=reports.append, device="cpu")
+    for config, report in zip(configs, reports[-1], strict=True):
+        assert {k.removeprefix("style/") for k in report.costs if k.startswith("style/")} == set(config.lambdas)
+    for a, b in zip(by_image, one_pass, strict=True):
+        assert set(a.costs) == set(b.costs)
+        for key, value in a.costs.items():
+            assert b.costs[key] == pytest.approx(value, rel=1e-3, abs=1e-6), key
+    assert one_pass[3].costs["style/relu2_1"] > 0  # reported at λ = 0: its real cost, not 0
+
+
+def test_a_batch_runs_deepest_first_with_each_layers_images_side_by_side():
+    base = TransferConfig(size=48, steps=1)
+    layers = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+    sweep = [{layer: 1.0} for layer in layers] + [dict.fromkeys(pair, 0.5) for pair in itertools.pairwise(layers[:4])]
+    configs = [base.replace(style_layers=lambdas) for lambdas in sweep]
+    order = transfer_module._batch_order(configs)
+    ordered = [configs[i] for i in order]
+    assert ordered[0].lambdas == {"relu5_1": 1.0}  # the only one deeper than the content layer relu4_2
+    for layer in layers:
+        readers = [k for k, c in enumerate(ordered) if layer in c.lambdas]
+        assert readers == list(range(readers[0], readers[-1] + 1)), layer  # a slice of the batch
 
 
 def test_settings_that_change_the_network_pass_cannot_share_a_batch():

