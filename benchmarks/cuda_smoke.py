@@ -23,6 +23,8 @@ from engine.transfer import transfer, transfer_batch
 
 IMAGES = Path(os.environ.get("STYLELAB_IMAGES_DIR", Path(__file__).resolve().parents[2] / "shared" / "images"))
 DEVICE = torch.device(sys.argv[1] if len(sys.argv) > 1 else "cuda")  # "cpu" for a dry run here
+if DEVICE.type == "cpu":  # a dry run follows the GPU's path: a batch in one network pass
+    transfer_module.CPU_IMAGES_PER_PASS = 64
 failures = 0
 
 
@@ -62,6 +64,15 @@ def lbfgs_matches_torch() -> None:
     )
 
 
+def _capture_warnings() -> list[str]:
+    """A list that collects the engine's log messages from now on (a failed graph capture logs one)."""
+    captured: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: captured.append(record.getMessage())
+    logging.getLogger("engine.transfer").addHandler(handler)
+    return captured
+
+
 def runs() -> None:
     content = images.load_image(IMAGES / "content/tubingen.jpg")
     style = images.load_image(IMAGES / "style/starry_night.jpg")
@@ -76,20 +87,27 @@ def runs() -> None:
     steps_seen: list[int] = []
     transfer(content, [style], config.replace(steps=5), device=DEVICE, on_step=lambda r: steps_seen.append(r.step))
     check("every step reported, in order (one-step lag on CUDA)", steps_seen == [1, 2, 3, 4, 5], str(steps_seen))
-    configs = [config.replace(beta=1e5), config.replace(style_layers={"relu2_1": 1.0}), config.replace(seed=4)]
+    # the relu2_1-only setting stops at relu4_2 (the content layer) and has one Gram: the batch narrows
+    configs = [config.replace(style_layers={"relu2_1": 1.0}), config.replace(beta=1e5), config.replace(seed=4)]
+    captured = _capture_warnings()
     batched = transfer_batch(content, [style], configs, device=DEVICE)
+    check("narrowed batch captured as a CUDA graph", not captured, "; ".join(captured) or "no capture warning")
     alone = [transfer(content, [style], c, device=DEVICE) for c in configs]
     worst = max(
         abs(b.costs["total"] - a.costs["total"]) / a.costs["total"] for a, b in zip(alone, batched, strict=True)
     )
     check("batch of 3 against separate runs", worst < 0.1, f"worst relative cost difference {worst:.2%}")
+    transfer_module.CUDA_GRAPHS = False
+    eager = transfer_batch(content, [style], configs, device=DEVICE)
+    transfer_module.CUDA_GRAPHS = True
+    gap = max(abs(b.costs["total"] - e.costs["total"]) / e.costs["total"] for b, e in zip(batched, eager, strict=True))
+    check(
+        "narrowed batch: graph replay gives the eager result", gap < 1e-2, f"worst relative cost difference {gap:.2e}"
+    )
     fp32 = transfer(content, [style], config.replace(precision="fp32"), device=DEVICE)
     gap = abs(fp32.costs["total"] - result.costs["total"]) / fp32.costs["total"]
     check("fp32 and bf16 runs end near each other", gap < 0.1, f"relative difference of final J {gap:.2%}")
-    captured: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: captured.append(record.getMessage())
-    logging.getLogger("engine.transfer").addHandler(handler)
+    captured = _capture_warnings()
     graphed = transfer(content, [style], config.replace(steps=30), device=DEVICE)
     check("CUDA graph captured", not captured, "; ".join(captured) or "no capture warning")
     transfer_module.CUDA_GRAPHS = False
