@@ -23,6 +23,7 @@ from engine.vgg import LAYER_INDEX, LAYER_NAMES, layer_channels, layer_stride
 #   4.29 B (fp32) per element, within 0.1 % at every size. The CUDA context (~0.5 GiB) is not included.
 BYTES_PER_ACTIVATION = {("cpu", "fp32"): 5.5, ("cuda", "fp32"): 4.5, ("cuda", "bf16"): 3.2}
 FIXED_BYTES = {"cpu": 800 * 2**20, "cuda": 1450 * 2**20}
+MEMORY_SHARE = 0.9  # of the free memory a run may plan to use: the estimates are ±20 %, allocators fragment
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -90,21 +91,32 @@ def uses_bf16(precision: str, device: torch.device) -> bool:
 
 def estimate_peak_bytes(
     height: int, width: int, deepest_layer: str, device: torch.device, batch: int = 1, *,
-    history: int = 0, precision: str = "fp32",
+    history: int = 0, precision: str = "fp32", images_per_pass: int | None = None,
 ) -> int:  # fmt: skip
-    """Peak memory of one optimisation at this size, from the activation count (fitted, ±20 %)."""
+    """Peak memory of one optimisation at this size, from the activation count (fitted, ±20 %).
+
+    A batch keeps every image's optimizer state, and the activations of the images of one network
+    pass: all of them (the default), or `images_per_pass` when it goes through in parts (the CPU).
+    """
     kind = "cuda" if device.type == "cuda" else "cpu"
     dtype = "bf16" if uses_bf16(precision, device) else "fp32"
     per_activation = BYTES_PER_ACTIVATION.get((kind, dtype), BYTES_PER_ACTIVATION[(kind, "fp32")])
     per_image = activation_elements(height, width, deepest_layer) * per_activation
-    return int(FIXED_BYTES[kind] + batch * (per_image + optimizer_bytes(height, width, history)))
+    in_pass = batch if images_per_pass is None else min(batch, images_per_pass)
+    return int(FIXED_BYTES[kind] + in_pass * per_image + batch * optimizer_bytes(height, width, history))
 
 
-def estimate_run_bytes(config: TransferConfig, height: int, width: int, device: torch.device, batch: int = 1) -> int:
+def estimate_run_bytes(
+    config: TransferConfig, height: int, width: int, device: torch.device, batch: int = 1,
+    images_per_pass: int | None = None,
+) -> int:  # fmt: skip
     """`estimate_peak_bytes` for a run of `config` with a final G of height × width."""
     deepest = max(config.layers, key=LAYER_INDEX.__getitem__)
     history = config.history if config.optimizer == "lbfgs" else 0
-    return estimate_peak_bytes(height, width, deepest, device, batch, history=history, precision=config.precision)
+    return estimate_peak_bytes(
+        height, width, deepest, device, batch, history=history, precision=config.precision,
+        images_per_pass=images_per_pass,
+    )  # fmt: skip
 
 
 def available_bytes(device: torch.device) -> int:
@@ -124,9 +136,9 @@ def check_fits(need: int, height: int, width: int, device: torch.device) -> int:
     """Raise InputError, before any compute, when a run needing `need` bytes (see `estimate_run_bytes`)
     at height × width would not fit the device's memory."""
     have = available_bytes(device)
-    if need > 0.9 * have:
+    if need > MEMORY_SHARE * have:
         fixed = FIXED_BYTES["cuda" if device.type == "cuda" else "cpu"]
-        scale = (max(0.9 * have - fixed, 0) / (need - fixed)) ** 0.5  # activations grow with the pixel count
+        scale = (max(MEMORY_SHARE * have - fixed, 0) / (need - fixed)) ** 0.5  # activations grow with the pixels
         fits = int(max(height, width) * scale) // 16 * 16
         raise InputError(
             f"A {width}×{height} run needs about {need / 2**30:.1f} GiB but {device_name(device)} has "

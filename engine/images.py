@@ -176,13 +176,18 @@ def load_image(source: str | os.PathLike[str] | bytes, *, name: str = "image") -
         raise InputError(f"The {name} could not be read ({type(e).__name__}). Try a different file.") from e
 
 
-def resize_long_side(img: Image.Image, long_side: int) -> Image.Image:
-    """Scale so the longer side is ``long_side`` pixels, keeping the aspect ratio (Lanczos)."""
+def long_side_size(size: tuple[int, int], long_side: int) -> tuple[int, int]:
+    """(width, height) scaled so the longer side is ``long_side`` pixels, keeping the aspect ratio."""
     if long_side < 1:
         raise InputError(f"The image size must be at least 1 pixel, got {long_side}.")
-    width, height = img.size
+    width, height = size
     scale = long_side / max(width, height)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def resize_long_side(img: Image.Image, long_side: int) -> Image.Image:
+    """Scale so the longer side is ``long_side`` pixels, keeping the aspect ratio (Lanczos)."""
+    size = long_side_size(img.size, long_side)
     if size == img.size:
         return img.copy()
     return img.resize(size, Image.Resampling.LANCZOS)

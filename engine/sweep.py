@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import itertools
 import json
 import logging
@@ -35,7 +36,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +45,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from engine import images, tracking
 from engine.config import GATYS_STYLE_LAYERS, TransferConfig, check_style_images
+from engine.device import pick_device
 from engine.errors import InputError
 from engine.jobs import JobQueue, JobSpec
-from engine.transfer import check_batchable
+from engine.transfer import check_batchable, largest_batch
 from engine.vgg import LAYER_NAMES, check_layer
 
 __all__ = [
@@ -238,18 +240,28 @@ def _label(labels: dict[str, str]) -> str:
     return " ".join(f"{param}={value}" for param, value in labels.items())
 
 
-def _batches(configs: Sequence[TransferConfig]) -> list[list[int]]:
+def _batches(
+    configs: Sequence[TransferConfig], fits: Callable[[list[TransferConfig]], bool] = lambda batch: True
+) -> list[list[int]]:
     """The settings' indexes grouped into batches, in order: each setting joins the first batch with
-    room whose settings it may share a batch with (`check_batchable`), else starts a new one."""
+    room whose settings it may share a batch with (`check_batchable`), else starts a new one. A batch
+    has room while it holds fewer than `MAX_BATCH` and `fits(batch with the setting)`."""
     batches: list[list[int]] = []
     for index, config in enumerate(configs):
         for batch in batches:
-            if len(batch) < MAX_BATCH and _batchable(configs[batch[0]], config):
+            grown = [configs[i] for i in batch] + [config]
+            if len(batch) < MAX_BATCH and _batchable(configs[batch[0]], config) and fits(grown):
                 batch.append(index)
                 break
         else:
             batches.append([index])
     return batches
+
+
+def _fits(queue: JobQueue, content_size: tuple[int, int], batch: list[TransferConfig]) -> bool:
+    """Whether `batch` fits in the memory of every device of `queue` (any of its workers may run it)."""
+    width, height = images.long_side_size(content_size, batch[0].size)
+    return all(largest_batch(batch, height, width, pick_device(d)) == len(batch) for d in queue.devices)
 
 
 def _batchable(a: TransferConfig, b: TransferConfig) -> bool:
@@ -388,7 +400,7 @@ def submit_sweep(
     settings = expand(base, axes)
     styles = tuple(bytes(s) for s in styles)
     content = bytes(content)
-    images.load_image(content, name="content image")
+    content_size = images.load_image(content, name="content image").size
     for i, style in enumerate(styles):
         images.load_image(style, name=f"style image {i + 1}")
     for labels, config in settings:
@@ -420,7 +432,7 @@ def submit_sweep(
         parent = tracking.create_parent_run(uri, experiment, name=name, params=params, source="sweep", tags=tags)
     except Exception as e:
         raise InputError(f"Cannot create the sweep's run in the MLflow store {uri}: {e}") from e
-    batches = _batches([config for _, config in settings])
+    batches = _batches([config for _, config in settings], functools.partial(_fits, queue, content_size))
     batch_tags = {
         index: {"batch.size": str(len(batch)), "batch.index": str(number)}
         for number, batch in enumerate(batches)

@@ -22,7 +22,15 @@ from PIL import Image
 from engine import images
 from engine.config import TransferConfig, check_style_images, dominant_style
 from engine.costs import Costs, Objective
-from engine.device import check_fits, enable_gpu_basics, estimate_run_bytes, pick_device, uses_bf16
+from engine.device import (
+    MEMORY_SHARE,
+    available_bytes,
+    check_fits,
+    enable_gpu_basics,
+    estimate_run_bytes,
+    pick_device,
+    uses_bf16,
+)
 from engine.errors import InputError
 from engine.lbfgs import BatchedLBFGS
 from engine.vgg import LAYER_INDEX, VGGFeatures, deepest_layer
@@ -122,6 +130,27 @@ def check_batchable(configs: Sequence[TransferConfig]) -> None:
             )
 
 
+def images_per_pass(device: torch.device, batch: int) -> int:
+    """How many of a batch's images go through the network together (see CPU_IMAGES_PER_PASS)."""
+    return batch if device.type == "cuda" else min(batch, CPU_IMAGES_PER_PASS)
+
+
+def batch_bytes(configs: Sequence[TransferConfig], height: int, width: int, device: torch.device) -> int:
+    """Estimated peak memory of `transfer_batch(configs)` with a final G of height × width."""
+    per_pass = images_per_pass(device, len(configs))
+    return max(estimate_run_bytes(c, height, width, device, len(configs), per_pass) for c in configs)
+
+
+def largest_batch(configs: Sequence[TransferConfig], height: int, width: int, device: torch.device) -> int:
+    """The most of `configs` (at least 1) that fit one batch on `device`, going by `batch_bytes`. The
+    memory a batch needs grows with its size: a sweep whose batch would not fit runs as smaller ones."""
+    budget = MEMORY_SHARE * available_bytes(device)
+    for size in range(len(configs), 1, -1):
+        if batch_bytes(configs[:size], height, width, device) <= budget:
+            return size
+    return 1
+
+
 def transfer(
     content: Image.Image,
     styles: Sequence[Image.Image],
@@ -165,8 +194,7 @@ def transfer_batch(
         enable_gpu_basics()
     layers = tuple(dict.fromkeys(layer for c in configs for layer in c.layers))
     final_w, final_h = images.resize_long_side(content, config.size).size
-    need = max(estimate_run_bytes(c, final_h, final_w, device, len(configs)) for c in configs)
-    check_fits(need, final_h, final_w, device)
+    check_fits(batch_bytes(configs, final_h, final_w, device), final_h, final_w, device)
     net = _feature_net(layers, config.weights, config.pooling, str(device))
     bf16 = uses_bf16(config.precision, device)
 

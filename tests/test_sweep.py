@@ -362,6 +362,8 @@ def test_settings_that_differ_only_in_weights_seed_or_init_share_batches_of_at_m
     assert sweep._batches([config for _, config in grid]) == [[0, 1], [2, 3]]  # one batch per size
     mixed = expand(BASE, [SweepAxis("init", ("noise", "content")), SweepAxis("steps", ("2", "3"))])
     assert sweep._batches([config for _, config in mixed]) == [[0, 2], [1, 3]]  # batches by steps
+    # where memory has room for 3 at a time, batches of at most 3
+    assert sweep._batches(seeds, fits=lambda batch: len(batch) <= 3) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
 
 
 def test_a_sweep_over_size_runs_each_size_as_its_own_job(uri, make_queue, content_png, style_png):

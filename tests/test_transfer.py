@@ -12,7 +12,7 @@ from PIL import Image
 from engine import images
 from engine import transfer as transfer_module
 from engine.config import TransferConfig
-from engine.device import available_bytes, estimate_peak_bytes
+from engine.device import MEMORY_SHARE, available_bytes, estimate_peak_bytes
 from engine.errors import InputError
 from engine.transfer import check_batchable, transfer, transfer_batch
 
@@ -163,6 +163,24 @@ def test_memory_estimate_grows_with_the_pixel_count():
     base = estimate_peak_bytes(1, 1, "relu5_1", cpu)
     small, large = estimate_peak_bytes(128, 128, "relu5_1", cpu), estimate_peak_bytes(256, 256, "relu5_1", cpu)
     assert 3.5 < (large - base) / (small - base) < 4.5  # activations scale with the pixel count
+
+
+def test_a_batch_holds_as_many_settings_as_the_memory_has_room_for():
+    cpu = torch.device("cpu")
+    budget = MEMORY_SHARE * available_bytes(cpu)
+    small = [TransferConfig(size=64)] * 8
+    assert transfer_module.largest_batch(small, 48, 64, cpu) == 8
+    # On the CPU a batch goes through the network an image at a time: only the optimizer state grows
+    one = transfer_module.batch_bytes(small[:1], 1536, 2048, cpu)
+    eight = transfer_module.batch_bytes(small, 1536, 2048, cpu)
+    assert one < eight < 4 * one
+    for size in (2048, 4096):  # whatever this machine has: the largest batch fits and one more would not
+        configs = [TransferConfig(size=size)] * 8
+        h, w = size * 3 // 4, size
+        k = transfer_module.largest_batch(configs, h, w, cpu)
+        assert 1 <= k <= 8
+        assert k == 1 or transfer_module.batch_bytes(configs[:k], h, w, cpu) <= budget
+        assert k == 8 or transfer_module.batch_bytes(configs[: k + 1], h, w, cpu) > budget
 
 
 def test_a_batch_gives_each_setting_its_own_run(content, style):

@@ -14,7 +14,7 @@ import streamlit as st
 
 from engine import tracking
 from engine.config import INITS, OPTIMIZERS, POOLINGS, PRECISIONS, TransferConfig, knob_help
-from engine.device import available_bytes, device_name, estimate_run_bytes, pick_device
+from engine.device import MEMORY_SHARE, available_bytes, device_name, estimate_run_bytes, pick_device
 from engine.errors import InputError
 from engine.images import MAX_INPUT_BYTES, MAX_INPUT_PIXELS
 from engine.jobs import JobQueue
@@ -121,7 +121,7 @@ def estimate_caption(config: TransferConfig, aspect: float) -> tuple[str, bool]:
         f"Estimate on {device_name(device)}: about {_duration(seconds)} and {need / 2**30:.1f} GiB of memory "
         f"({have / 2**30:.1f} GiB free)."
     )
-    return text, need <= 0.9 * have
+    return text, need <= MEMORY_SHARE * have
 
 
 def _duration(seconds: float) -> str:
