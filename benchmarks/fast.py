@@ -385,7 +385,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     previous = out / f"fast-{device.type}.json"
     if args.only and previous.exists():  # a partial rerun keeps the other sections of the last full one
-        report = json.loads(previous.read_text()) | {k: v for k, v in report.items() if k != "errors"}
+        fresh = {k: v for k, v in report.items() if k != "errors"}
+        if "speed" not in only:  # the speed rows' shares are of the peaks measured with them
+            del fresh["peaks"]
+        report = json.loads(previous.read_text()) | fresh
         report.get("errors", {}).clear()
     quality_size = args.quality_size or (512 if gpu else 256)
     sections = {

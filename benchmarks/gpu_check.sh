@@ -2,7 +2,9 @@
 # The GPU checks of issue #7 as one prepared script, for a lent GPU machine (PyTorch there, no MLflow).
 # Here, first: python benchmarks/half_weights.py   (fills the ignored .gpu_carry/)
 # Then run this there with .gpu_carry carried; results go to $OUT (or benchmarks/results).
-# `gpu_check.sh profile` runs benchmarks/gpu_profile.py instead.
+# `gpu_check.sh profile` runs benchmarks/gpu_profile.py instead. The whole of fast.py takes a few
+# minutes; the two figures of issue #7 still to confirm take about one:
+#   FAST_ARGS="--only speed,sweep --sizes 512" bash benchmarks/gpu_check.sh
 set -uo pipefail
 OUT="${OUT:-benchmarks/results}"
 mkdir -p "$OUT"

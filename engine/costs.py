@@ -188,7 +188,9 @@ class Objective(nn.Module):
         if not rows:
             return features[self.content_layer].new_zeros(count, dtype=torch.float32)
         first, end = rows[0], rows[-1] + 1
-        activation = features[layer][first:end]
+        activation = features[layer]
+        if (first, end) != (0, len(activation)):  # a slice costs a zero-filled copy in the backward
+            activation = activation[first:end]
         if not any(weighs[first:end]):  # reported only: no gradient to compute
             activation = activation.detach()
         cost = style_layer_cost(activation, getattr(self, f"gram_{layer}"))

@@ -384,8 +384,8 @@ def _optimise(
 
     def iterate() -> tuple[torch.Tensor, torch.Tensor]:
         """One iteration: (G as evaluated, its costs packed as in `_cost_names`); G is updated in place."""
-        per_pass = len(g) if g.device.type == "cuda" else CPU_IMAGES_PER_PASS
-        if per_pass >= len(g):
+        per_pass = images_per_pass(g.device, len(g))
+        if per_pass == len(g):
             costs, grad = costs_and_gradient(g)
             packed = _pack(costs)
         else:

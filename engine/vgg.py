@@ -214,7 +214,7 @@ class VGGFeatures(nn.Module):
             if i in self._wanted:
                 out[self._wanted[i]] = x
             going_on = sum(depth > i for depth in depths)
-            if going_on < len(x):
+            if 0 < going_on < len(x):
                 x = x[:going_on]
         return out
 
