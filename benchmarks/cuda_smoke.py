@@ -81,7 +81,7 @@ def runs() -> None:
     result = transfer(content, [style], config, device=DEVICE)
     check(
         "transfer on CUDA (bf16 auto)",
-        result.image.size == images.resize_long_side(content, 96).size and np.isfinite(result.costs["total"]),
+        result.image.size == images.long_side_size(content.size, 96) and np.isfinite(result.costs["total"]),
         f"{time.perf_counter() - start:.1f} s, J {result.costs['total']:.4g}",
     )
     steps_seen: list[int] = []

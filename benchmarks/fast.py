@@ -234,7 +234,7 @@ def memory(content, style, device, sizes) -> dict:
     for precision_mode in ("auto", "fp32") if device.type == "cuda" else ("auto",):
         for size in sizes:
             config = TransferConfig(size=size, steps=3, precision=precision_mode)
-            w, h = images.resize_long_side(content, size).size
+            w, h = images.long_side_size(content.size, size)
             estimate = estimate_run_bytes(config, h, w, device)
             if device.type == "cuda":
                 # The first run at a size lets cuDNN autotune, which tries algorithms with workspaces as large

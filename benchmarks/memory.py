@@ -27,7 +27,7 @@ from engine.transfer import transfer
 size, device = int(sys.argv[1]), torch.device(sys.argv[2])
 content, style = images.load_image(sys.argv[3]), images.load_image(sys.argv[4])
 config = TransferConfig(size=size, steps=3, coarse_levels=0)
-w, h = images.resize_long_side(content, size).size
+w, h = images.long_side_size(content.size, size)
 transfer(content, [style], config, device=device)
 if device.type == "cuda":
     peak = torch.cuda.max_memory_allocated(device)

@@ -193,7 +193,7 @@ def transfer_batch(
     if device.type == "cuda":
         enable_gpu_basics()
     layers = tuple(dict.fromkeys(layer for c in configs for layer in c.layers))
-    final_w, final_h = images.resize_long_side(content, config.size).size
+    final_w, final_h = images.long_side_size(content.size, config.size)
     check_fits(batch_bytes(configs, final_h, final_w, device), final_h, final_w, device)
     net = _feature_net(layers, config.weights, config.pooling, str(device))
     bf16 = uses_bf16(config.precision, device)
