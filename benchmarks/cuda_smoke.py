@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine import images
-from engine import transfer as transfer_module
-from engine.config import TransferConfig
-from engine.lbfgs import BatchedLBFGS
-from engine.transfer import transfer, transfer_batch
+from engine.core import images
+from engine.core import transfer as transfer_module
+from engine.core.config import TransferConfig
+from engine.core.lbfgs import BatchedLBFGS
+from engine.core.transfer import transfer, transfer_batch
 
 IMAGES = Path(os.environ.get("STYLELAB_IMAGES_DIR", Path(__file__).resolve().parents[2] / "shared" / "images"))
 DEVICE = torch.device(sys.argv[1] if len(sys.argv) > 1 else "cuda")  # "cpu" for a dry run here

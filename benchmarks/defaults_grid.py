@@ -16,9 +16,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from engine import images
-from engine.config import TransferConfig
-from engine.transfer import transfer
+from engine.core import images
+from engine.core.config import TransferConfig
+from engine.core.transfer import transfer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
 

@@ -35,12 +35,12 @@ import plain_loop
 import torch
 from PIL import Image
 
-from engine import images
-from engine import transfer as transfer_module
-from engine.config import GATYS_STYLE_LAYERS, TransferConfig
-from engine.costs import Objective
-from engine.device import device_name, estimate_run_bytes, flops_per_iteration, pick_device, uses_bf16
-from engine.transfer import feature_net, transfer, transfer_batch
+from engine.core import images
+from engine.core import transfer as transfer_module
+from engine.core.config import GATYS_STYLE_LAYERS, TransferConfig
+from engine.core.costs import Objective
+from engine.core.device import device_name, estimate_run_bytes, flops_per_iteration, pick_device, uses_bf16
+from engine.core.transfer import feature_net, transfer, transfer_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = Path(os.environ.get("STYLELAB_IMAGES_DIR", ROOT.parent / "shared" / "images"))

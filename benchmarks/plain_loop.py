@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 from torchvision.models import vgg19
 
-from engine import images
-from engine.config import TransferConfig
-from engine.costs import Objective
-from engine.vgg import LAYER_INDEX, load_state_dict, preprocess
+from engine.core import images
+from engine.core.config import TransferConfig
+from engine.core.costs import Objective
+from engine.core.vgg import LAYER_INDEX, load_state_dict, preprocess
 
 
 class PlainFeatures(torch.nn.Module):

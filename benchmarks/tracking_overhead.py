@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from engine import images
-from engine.config import TransferConfig
-from engine.tracking import RunTracker, check_reachable
-from engine.transfer import transfer
+from engine.core import images
+from engine.core.config import TransferConfig
+from engine.core.transfer import transfer
+from engine.tracking import RunRecorder, check_reachable
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
 
@@ -64,14 +64,18 @@ def main() -> None:
                     untracked.append(time.perf_counter() - t0)
                     cpu_untracked.append(time.process_time() - c0)
                     continue
-                tracker = RunTracker(
+                tracker = RunRecorder.create(
                     uri, "overhead", config, content_bytes, [style_bytes],
                     snapshot_every=args.snapshot_every, device=args.device, fallback_dir=tmp,
                 )  # fmt: skip
                 t1 = time.perf_counter()
                 tracker.start()
                 result = transfer(
-                    tracker.content_image, tracker.style_images, config, on_step=tracker.on_step, device=args.device
+                    tracker.inputs.content.image,
+                    tracker.inputs.style_images,
+                    config,
+                    on_step=tracker.on_step,
+                    device=args.device,
                 )
                 t2 = time.perf_counter()
                 tracker.finish(result)

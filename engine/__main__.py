@@ -15,10 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from engine import images
-from engine.config import TransferConfig, knob_help
-from engine.errors import InputError
-from engine.transfer import StepReport, TransferResult, transfer
+from engine.core import images
+from engine.core.config import TransferConfig, knob_help
+from engine.core.errors import InputError
+from engine.core.transfer import StepReport, TransferResult, transfer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
-        content = images.load_image(args.content, name="content image")
-        styles = [images.load_image(p, name=f"style image {i + 1}") for i, p in enumerate(args.styles)]
+        inputs = images.Inputs.decode(args.content, args.styles)  # decoded once, here at the edge
+        content, styles = inputs.content.image, inputs.style_images
         stop_requested = False
 
         def request_stop(*_):  # first Ctrl-C: finish cleanly with the best image so far
@@ -129,16 +129,19 @@ def main(argv: list[str] | None = None) -> int:
             result = transfer(content, styles, config, on_step=progress, should_stop=lambda: stop_requested,
                               device=args.device)  # fmt: skip
         else:
-            from engine.tracking import check_reachable, mark_orphaned_runs, tracked_transfer  # MLflow only here
+            from engine.jobs import tracked_transfer  # MLflow only here
+            from engine.tracking import check_reachable, mark_orphaned_runs
 
             tracking_uri = check_reachable(args.tracking_uri)
             mark_orphaned_runs(tracking_uri, args.experiment)  # runs of CLI processes that were killed
-            result, tracker = tracked_transfer(
-                content, styles, config, tracking_uri=tracking_uri, experiment=args.experiment,
+            ended = tracked_transfer(
+                inputs.content, inputs.styles, config, tracking_uri=tracking_uri, experiment=args.experiment,
                 source="cli", on_step=progress, should_stop=lambda: stop_requested, device=args.device,
                 snapshot_every=args.snapshot_every,
             )  # fmt: skip
-            run_id, warning = tracker.run_id, tracker.warning
+            run_id, warning, result = ended.run_id, ended.warning, ended.result
+            if result is None:
+                raise InputError(f"Run {run_id} failed: {ended.error}")
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)
         result.image.save(output)

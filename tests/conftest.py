@@ -20,7 +20,7 @@ import torch
 from browser_helpers import CHROMIUM, CHROMIUM_ARGS
 from mlflow import MlflowClient
 
-from engine import images
+from engine.core import images
 from engine.jobs import JobQueue
 
 ROOT = Path(__file__).resolve().parents[1]

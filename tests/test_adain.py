@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import adain, images
-from engine.costs import normalised_gram, style_layer_cost
-from engine.errors import InputError
-from engine.vgg import VGGFeatures
+from engine.core import adain, images
+from engine.core.costs import normalised_gram, style_layer_cost
+from engine.core.errors import InputError
+from engine.core.vgg import VGGFeatures
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine import images, tracking
-from engine.config import TransferConfig
+from engine import jobs, tracking
+from engine.core import images
+from engine.core.config import TransferConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "images"
@@ -30,7 +31,7 @@ def store(app_store) -> str:
 @pytest.fixture(scope="module")
 def finished_run(store):
     content, style = images.load_image(CONTENT_BYTES), images.load_image(STYLE_BYTES)
-    _, tracker = tracking.tracked_transfer(content, [style], TINY, tracking_uri=store, source="cli", snapshot_every=1)
+    tracker = jobs.tracked_transfer(content, [style], TINY, tracking_uri=store, source="cli", snapshot_every=1)
     return tracker.run_id
 
 
@@ -131,7 +132,7 @@ def test_history_lists_runs_and_a_bad_permalink_is_explained(store, finished_run
 
 def test_a_failed_run_shows_why(store):
     content, style = images.load_image(CONTENT_BYTES), images.load_image(STYLE_BYTES)
-    tracker = tracking.RunTracker(store, tracking.DEFAULT_EXPERIMENT, TINY, content, [style], source="app")
+    tracker = tracking.RunRecorder.create(store, tracking.DEFAULT_EXPERIMENT, TINY, content, [style], source="app")
     tracker.fail("Out of GPU memory at 2048 px on cuda:0. Choose a smaller size and run again.")
     at = app(run=tracker.run_id)
     at.switch_page("views/runs.py").run()

@@ -14,8 +14,9 @@ from typing import NamedTuple
 import pytest
 from browser_helpers import BROWSER_TEST, SCREENSHOTS, shot
 
-from engine import images, tracking
-from engine.config import TransferConfig
+from engine import jobs
+from engine.core import images
+from engine.core.config import TransferConfig
 
 pytest.importorskip("playwright.sync_api")
 
@@ -42,7 +43,7 @@ def runs_and_server(tmp_path_factory, start_streamlit):
     configs = {"gatys": TINY, "more relu3_1": TINY.replace(beta=1e6, style_layers={**TINY.lambdas, "relu3_1": 1.0})}
     ids = []
     for name, config in configs.items():
-        _, tracker = tracking.tracked_transfer(content, [style], config, tracking_uri=uri, run_name=name)
+        tracker = jobs.tracked_transfer(content, [style], config, tracking_uri=uri, run_name=name)
         ids.append(tracker.run_id)
     return Served(ids, start_streamlit(uri), uri)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from browser_helpers import BROWSER_TEST, set_number, shot
 
-from engine import images
+from engine.core import images
 
 pytest.importorskip("playwright.sync_api")
 

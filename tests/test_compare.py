@@ -18,8 +18,10 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from engine import compare, images, tracking
-from engine.config import TransferConfig
+from engine import jobs, tracking
+from engine.core import images
+from engine.core.config import TransferConfig
+from engine.studies import compare
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "images"
@@ -215,7 +217,7 @@ def two_runs(store):
     style = images.load_image((SHARED / "style/starry_night.jpg").read_bytes())
     ids = []
     for name, config in (("compare A", TINY), ("compare B", OTHER)):
-        _, tracker = tracking.tracked_transfer(content, [style], config, tracking_uri=store, run_name=name)
+        tracker = jobs.tracked_transfer(content, [style], config, tracking_uri=store, run_name=name)
         ids.append(tracker.run_id)
     return ids
 
@@ -313,7 +315,7 @@ def test_three_runs_have_no_ab_views_but_a_compare_link(store, two_runs):
 def _third_run(store) -> str:
     content = images.load_image((SHARED / "content/tubingen.jpg").read_bytes())
     style = images.load_image((SHARED / "style/starry_night.jpg").read_bytes())
-    _, tracker = tracking.tracked_transfer(content, [style], TINY.replace(seed=1), tracking_uri=store)
+    tracker = jobs.tracked_transfer(content, [style], TINY.replace(seed=1), tracking_uri=store)
     return tracker.run_id
 
 
@@ -334,7 +336,7 @@ def test_the_runs_page_links_selected_runs_to_the_compare_page(store, two_runs):
 def test_a_run_without_any_image_still_compares_without_ab_views(store, two_runs):
     content = images.load_image((SHARED / "content/tubingen.jpg").read_bytes())
     style = images.load_image((SHARED / "style/starry_night.jpg").read_bytes())
-    tracker = tracking.RunTracker(store, tracking.DEFAULT_EXPERIMENT, TINY, content, [style], source="app")
+    tracker = tracking.RunRecorder.create(store, tracking.DEFAULT_EXPERIMENT, TINY, content, [style], source="app")
     tracker.fail("Out of GPU memory at 2048 px on cuda:0.")
     at = compare_page(f"{two_runs[0]},{tracker.run_id}")
     assert not at.exception

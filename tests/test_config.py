@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from engine.config import GATYS_STYLE_LAYERS, TransferConfig, knob_help
-from engine.errors import InputError
+from engine.core.config import GATYS_STYLE_LAYERS, TransferConfig, knob_help
+from engine.core.errors import InputError
 
 
 def test_defaults_are_gatys_layers_with_equal_lambda():

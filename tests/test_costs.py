@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from engine.costs import Objective, content_cost, gram_matrix, normalised_gram, style_layer_cost, tv_cost
+from engine.core.costs import Objective, content_cost, gram_matrix, normalised_gram, style_layer_cost, tv_cost
 
 
 def test_content_cost_is_half_the_squared_distance():

@@ -13,7 +13,7 @@ sys.modules["mlflow"] = None  # any import of them now fails
 sys.modules["streamlit"] = None
 sys.path.insert(0, "benchmarks")
 from PIL import Image
-from engine import adain, config, costs, device, images, lbfgs, transfer, vgg
+from engine.core import adain, config, costs, device, images, lbfgs, transfer, vgg
 import cuda_smoke, fast, gpu_profile, half_weights, plain_loop
 content = Image.new("RGB", (40, 30), (200, 120, 40))
 style = Image.effect_noise((40, 40), 60).convert("RGB")

@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine import explore, images, tracking
-from engine.config import GATYS_STYLE_LAYERS
-from engine.costs import normalised_gram
-from engine.errors import InputError
+from engine import jobs, tracking
+from engine.core import images
+from engine.core.config import GATYS_STYLE_LAYERS
+from engine.core.costs import normalised_gram
+from engine.core.errors import InputError
+from engine.core.vgg import VGGFeatures, layer_channels
 from engine.jobs import JobQueue
-from engine.vgg import VGGFeatures, layer_channels
+from engine.studies import explore
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "images"
@@ -216,11 +218,11 @@ def test_layers_page_shows_maps_grams_and_starts_a_strip(page_store):
 def test_layers_page_reads_a_recent_runs_inputs(page_store):
     from streamlit.testing.v1 import AppTest
 
-    from engine.config import TransferConfig
+    from engine.core.config import TransferConfig
 
     tiny = TransferConfig(size=32, steps=2, coarse_levels=0)
     content, style = images.load_image(CONTENT_BYTES), images.load_image(STYLE_BYTES)
-    _, tracker = tracking.tracked_transfer(content, [style], tiny, tracking_uri=page_store, run_name="a recent run")
+    tracker = jobs.tracked_transfer(content, [style], tiny, tracking_uri=page_store, run_name="a recent run")
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
     at.switch_page("views/layers.py").run()
     box = at.selectbox(key="layers_source_run")

@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.errors import InputError
-from engine.images import (
+from engine.core.errors import InputError
+from engine.core.images import (
     MAX_INPUT_BYTES,
     MAX_INPUT_PIXELS,
     combine_luminance_with_colours,

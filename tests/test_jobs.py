@@ -18,11 +18,14 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from engine import images, jobs
-from engine.config import MAX_SIZE, TransferConfig
-from engine.device import check_fits, estimate_run_bytes
-from engine.errors import InputError
-from engine.jobs import JobProgress, JobQueue, JobSpec, default_seconds_per_gflop, estimate_seconds
+from engine import jobs
+from engine.core import images, plan
+from engine.core.config import MAX_SIZE, TransferConfig
+from engine.core.device import check_fits, estimate_run_bytes
+from engine.core.errors import InputError
+from engine.core.plan import default_seconds_per_gflop, estimate_seconds
+from engine.core.transfer import TransferResult, transfer
+from engine.jobs import JobProgress, JobQueue, JobSpec
 from engine.tracking import (
     DEFAULT_EXPERIMENT,
     download_artifact,
@@ -33,7 +36,6 @@ from engine.tracking import (
     load_run,
     metric_history,
 )
-from engine.transfer import TransferResult, transfer
 
 CONFIG = TransferConfig(size=32, steps=3, coarse_levels=0)
 BUSY = CONFIG.replace(steps=2000)  # keeps a worker busy until it is cancelled (~40 ms a step)
@@ -99,7 +101,7 @@ def three_jobs(new_store, tmp_path_factory, content_png, style_png) -> Iterator[
     try:
         configs = [CONFIG.replace(steps=40), CONFIG.replace(steps=3, seed=1), CONFIG.replace(steps=4, seed=2)]
         ids = [queue.submit(_spec(content_png, style_png, config)) for config in configs]
-        _wait(queue, ids[0], lambda p: p.state == "running", "running")
+        _wait(queue, ids[0], lambda p: p.state == "RUNNING", "running")
         while_first_runs = {rid: queue.progress(rid) for rid in ids}
         length = queue.queue_length()
         first_mid_run = _wait(queue, ids[0], lambda p: p.step >= 3 or p.done, "at step 3")
@@ -111,9 +113,9 @@ def three_jobs(new_store, tmp_path_factory, content_png, style_png) -> Iterator[
 
 def test_queued_jobs_wait_in_fifo_order_with_their_positions(three_jobs):
     first, second, third = (three_jobs.while_first_runs[rid] for rid in three_jobs.ids)
-    assert first.state == "running" and first.position is None and first.device == "cpu"
-    assert (second.state, second.position) == ("queued", 1)
-    assert (third.state, third.position) == ("queued", 2)
+    assert first.state == "RUNNING" and first.position is None and first.device == "cpu"
+    assert (second.state, second.position) == ("SCHEDULED", 1)
+    assert (third.state, third.position) == ("SCHEDULED", 2)
     assert second.eta_s is None and second.step == 0 and second.device == ""
     assert three_jobs.length_while_first_runs == 3
     ended = _runs(three_jobs.uri).loc[three_jobs.ids, "end_time"]
@@ -121,7 +123,7 @@ def test_queued_jobs_wait_in_fifo_order_with_their_positions(three_jobs):
 
 
 def test_every_job_finishes_as_a_finished_mlflow_run_under_its_job_id(three_jobs):
-    assert all(p.state == "finished" and p.error is None for p in three_jobs.done.values())
+    assert all(p.state == "FINISHED" and p.error is None for p in three_jobs.done.values())
     runs = _runs(three_jobs.uri)
     assert set(runs.index) == set(three_jobs.ids)
     assert (runs.loc[three_jobs.ids, "status"] == "FINISHED").all()
@@ -148,7 +150,7 @@ def test_progress_has_one_history_entry_per_step_and_the_result_image(three_jobs
 
 def test_a_running_job_reports_elapsed_time_and_an_eta(three_jobs):
     mid = three_jobs.first_mid_run
-    assert mid.state == "running" and 3 <= mid.step < mid.total_steps == 40
+    assert mid.state == "RUNNING" and 3 <= mid.step < mid.total_steps == 40
     assert mid.eta_s is not None and mid.eta_s > 0 and mid.elapsed_s > 0
     assert len(mid.history) == mid.step and mid.image is not None  # previews from step 1 on
 
@@ -167,11 +169,11 @@ def test_cancelling_a_queued_job_kills_its_run_before_it_ever_runs(uri, make_que
     queue = make_queue(uri)
     busy = queue.submit(_spec(content_png, style_png, BUSY))
     waiting = queue.submit(_spec(content_png, style_png))
-    _wait(queue, busy, lambda p: p.state == "running", "running")
+    _wait(queue, busy, lambda p: p.state == "RUNNING", "running")
 
     assert queue.cancel(waiting) is True
     cancelled = queue.progress(waiting)
-    assert (cancelled.state, cancelled.position, cancelled.step) == ("cancelled", None, 0)
+    assert (cancelled.state, cancelled.position, cancelled.step) == ("KILLED", None, 0)
     assert queue.queue_length() == 1
     assert queue.cancel(waiting) is False  # already over
     assert queue.cancel("no-such-run") is False
@@ -193,7 +195,7 @@ def test_cancelling_a_running_job_kills_it_with_the_best_image_as_result(uri, ma
 
     assert queue.cancel(run_id) is True
     progress = _wait_done(queue, run_id)
-    assert progress.state == "cancelled" and progress.error is None
+    assert progress.state == "KILLED" and progress.error is None
     assert 2 <= progress.step < BUSY.total_steps and progress.image is not None
     run = _runs(uri).loc[run_id]
     assert run["status"] == "KILLED" and run["tags.stopped"] == "cancelled"
@@ -219,9 +221,9 @@ def test_a_job_failing_in_the_worker_fails_its_run_and_the_next_job_still_runs(u
     after = queue.submit(_spec(content_png, style_png))
 
     failed = _wait_done(queue, failing)
-    assert failed.state == "failed"
+    assert failed.state == "FAILED"
     assert failed.error.startswith("A 4096×3072 run needs about") and "Choose a smaller size" in failed.error
-    assert _wait_done(queue, after).state == "finished"
+    assert _wait_done(queue, after).state == "FINISHED"
     runs = _runs(uri)
     assert runs.loc[failing, "status"] == "FAILED" and runs.loc[failing, "failure_reason"] == failed.error
     assert runs.loc[after, "status"] == "FINISHED"
@@ -271,12 +273,11 @@ def test_a_new_queue_fails_runs_that_a_dead_process_left_scheduled(uri, make_que
 # Shutdown
 
 
-def test_shutdown_stops_the_worker_threads_and_cancels_its_jobs(uri, make_queue, content_png, style_png):
+def test_shutdown_stops_the_workers_and_keeps_every_job_for_the_next_start(uri, make_queue, content_png, style_png):
     queue = make_queue(uri, devices=["cpu", "cpu"])
 
     def workers() -> list[threading.Thread]:
-        prefix = f"stylelab-jobs-{queue._name}-"
-        return [t for t in threading.enumerate() if t.name.startswith(prefix) and not t.name.endswith("shutdown")]
+        return [t for t in threading.enumerate() if t.name.startswith(f"stylelab-worker-{queue.name}-")]
 
     assert len(workers()) == 2 and all(t.daemon for t in workers())
     running = [queue.submit(_spec(content_png, style_png, BUSY)) for _ in range(2)]
@@ -286,13 +287,20 @@ def test_shutdown_stops_the_worker_threads_and_cancels_its_jobs(uri, make_queue,
 
     queue.shutdown(wait=True)
     assert workers() == []
-    assert [queue.progress(rid).state for rid in [*running, waiting]] == ["cancelled"] * 3
+    assert [queue.progress(rid).state for rid in [*running, waiting]] == ["SCHEDULED"] * 3
     runs = _runs(uri)
-    assert (runs.loc[[*running, waiting], "status"] == "KILLED").all()
-    assert all(_has_artifact(uri, rid, "result.png") for rid in running)
-    assert queue.queue_length() == 0
+    assert (runs.loc[[*running, waiting], "status"] == "SCHEDULED").all()  # back in the queue, not lost
+    assert all(runs.loc[rid, "tags.interrupted"] for rid in running)
+    assert queue.queue_length() == 3
     with pytest.raises(RuntimeError, match="shut down"):
         queue.submit(_spec(content_png, style_png))
+
+    again = make_queue(uri)  # the next start runs them, in their order, each once
+    assert again.cancel(running[0]) and again.cancel(running[1])  # the busy ones: not worth 2000 steps here
+    assert _wait_done(again, waiting).state == "FINISHED"
+    runs = _runs(uri)
+    assert list(runs.loc[[*running, waiting], "status"]) == ["KILLED", "KILLED", "FINISHED"]
+    assert runs.loc[waiting, "tags.attempts"] == "1"  # a clean stop does not count as an attempt
 
 
 # --------------------------------------------------------------------------------------------------
@@ -320,7 +328,7 @@ def batch_of_three(new_store, tmp_path_factory, content_png, style_png) -> Itera
     queue = JobQueue(uri, devices=["cpu"], preview_every=2, fallback_dir=tmp_path_factory.mktemp("unsaved"))
     try:
         ids = queue.submit_batch([_spec(content_png, style_png, config, tags={"team": "a"}) for config in BATCH])
-        _wait(queue, ids[0], lambda p: p.state != "queued", "running")
+        _wait(queue, ids[0], lambda p: p.state != "SCHEDULED", "running")
         running = [queue.progress(rid) for rid in ids]
         done = [_wait_done(queue, rid) for rid in ids]
     finally:
@@ -331,8 +339,8 @@ def batch_of_three(new_store, tmp_path_factory, content_png, style_png) -> Itera
 
 
 def test_a_batch_runs_its_jobs_together_each_as_its_own_finished_run(batch_of_three):
-    assert [(p.state, p.position, p.device) for p in batch_of_three.running] == [("running", None, "cpu")] * 3
-    assert [(p.state, p.error, p.step) for p in batch_of_three.done] == [("finished", None, 4)] * 3
+    assert [(p.state, p.position, p.device) for p in batch_of_three.running] == [("RUNNING", None, "cpu")] * 3
+    assert [(p.state, p.error, p.step) for p in batch_of_three.done] == [("FINISHED", None, 4)] * 3
     runs = _runs(batch_of_three.uri).loc[batch_of_three.ids]
     assert list(runs["status"]) == ["FINISHED"] * 3 and set(runs["tags.team"]) == {"a"}
     assert [load_config(batch_of_three.uri, rid) for rid in batch_of_three.ids] == BATCH  # each its own params
@@ -372,16 +380,16 @@ def test_cancelling_queued_jobs_of_a_batch_leaves_the_rest_of_it(uri, make_queue
     busy = queue.submit(_spec(content_png, style_png, BUSY))
     first, second = queue.submit_batch([_spec(content_png, style_png, c) for c in BATCH[:2]])
     (last,) = queue.submit_batch([_spec(content_png, style_png)])
-    _wait(queue, busy, lambda p: p.state == "running", "running")
+    _wait(queue, busy, lambda p: p.state == "RUNNING", "running")
     assert [queue.progress(rid).position for rid in (first, second, last)] == [1, 1, 2]  # a batch: one place
     assert queue.queue_length() == 4
 
     assert queue.cancel(first) is True
-    assert (queue.progress(first).state, queue.progress(second).position) == ("cancelled", 1)
+    assert (queue.progress(first).state, queue.progress(second).position) == ("KILLED", 1)
     assert queue.cancel(second) is True  # the batch is empty now: it leaves the queue
     assert queue.progress(last).position == 1 and queue.queue_length() == 2
     assert queue.cancel(busy) is True
-    assert _wait_done(queue, last).state == "finished"
+    assert _wait_done(queue, last).state == "FINISHED"
     runs = _runs(uri)
     for rid in (first, second):
         assert (runs.loc[rid, "status"], runs.loc[rid, "tags.stopped"]) == ("KILLED", "cancelled")
@@ -397,15 +405,15 @@ def test_cancelling_a_running_job_of_a_batch_stops_only_its_record(uri, make_que
     at_cancel = queue.progress(first).step
     mid = _wait(queue, second, lambda p: p.step >= at_cancel + 4, "past the cancel")
     frozen = queue.progress(first)
-    assert frozen.state == "running" and at_cancel <= frozen.step <= at_cancel + 1  # the step under way at most
+    assert frozen.state == "RUNNING" and at_cancel <= frozen.step <= at_cancel + 1  # the step under way at most
     assert "ends KILLED when the rest of its batch ends" in frozen.warning
-    assert mid.state == "running" and mid.eta_s is not None and mid.eta_s > 0
+    assert mid.state == "RUNNING" and mid.eta_s is not None and mid.eta_s > 0
     _wait(queue, second, lambda p: p.step >= mid.step + 2, "running on")
     assert queue.progress(first).step == frozen.step
 
     assert queue.cancel(second) is True  # the last job still recorded: the batch stops
     first_done, second_done = _wait_done(queue, first), _wait_done(queue, second)
-    assert (first_done.state, second_done.state) == ("cancelled", "cancelled")
+    assert (first_done.state, second_done.state) == ("KILLED", "KILLED")
     assert second_done.step < BUSY.total_steps and first_done.step == frozen.step
     runs = _runs(uri)
     for rid, last_step in ((first, frozen.step), (second, second_done.step)):
@@ -417,7 +425,7 @@ def test_cancelling_a_running_job_of_a_batch_stops_only_its_record(uri, make_que
 
 
 def test_a_failing_batch_fails_every_job_with_the_same_message(uri, make_queue, content_png, style_png, monkeypatch):
-    real = jobs.transfer_batch
+    real = jobs.worker.transfer_batch
 
     def failing(content, styles, configs, *, on_step, **kwargs):
         def step(reports):
@@ -427,13 +435,13 @@ def test_a_failing_batch_fails_every_job_with_the_same_message(uri, make_queue, 
 
         return real(content, styles, configs, on_step=step, **kwargs)
 
-    monkeypatch.setattr(jobs, "transfer_batch", failing)
+    monkeypatch.setattr(jobs.worker, "transfer_batch", failing)
     queue = make_queue(uri)
     ids = queue.submit_batch([_spec(content_png, style_png, c) for c in BATCH])
     after = queue.submit(_spec(content_png, style_png))
     done = [_wait_done(queue, rid) for rid in ids]
-    assert [(p.state, p.error) for p in done] == [("failed", "RuntimeError: boom at step 2")] * 3
-    assert _wait_done(queue, after).state == "finished"
+    assert [(p.state, p.error) for p in done] == [("FAILED", "RuntimeError: boom at step 2")] * 3
+    assert _wait_done(queue, after).state == "FINISHED"
     runs = _runs(uri)
     assert list(runs.loc[ids, "failure_reason"]) == ["RuntimeError: boom at step 2"] * 3
     assert list(runs.loc[ids, "status"]) == ["FAILED"] * 3
@@ -471,7 +479,7 @@ def test_estimated_seconds_scale_with_steps_rate_and_device():
     assert estimate_seconds(config.replace(steps=200), "cpu") == pytest.approx(2 * estimate_seconds(config, "cpu"))
     assert estimate_seconds(config, "cpu", 0.01) == pytest.approx(2 * estimate_seconds(config, "cpu", 0.005))
     assert estimate_seconds(config, "cuda:0") < estimate_seconds(config, "cpu") / 10
-    assert default_seconds_per_gflop("cpu") == pytest.approx(1 / jobs.CPU_GFLOPS)
+    assert default_seconds_per_gflop("cpu") == pytest.approx(1 / plan.CPU_GFLOPS)
     # 4:3 landscape and 3:4 portrait cost the same; a square costs a third more
     landscape = estimate_seconds(config, "cpu")
     assert estimate_seconds(config, "cpu", aspect=4 / 3) == pytest.approx(landscape, rel=0.02)
@@ -479,6 +487,6 @@ def test_estimated_seconds_scale_with_steps_rate_and_device():
 
 
 def test_a_batch_counts_the_work_of_every_image_to_the_deepest_layer_any_reads():
-    one = jobs._gflop_per_step([BATCH[0]], 0.75)  # reads relu5_1
-    assert len(one) == 4 and jobs._gflop_per_step(BATCH, 0.75) == pytest.approx([3 * g for g in one])
-    assert jobs._gflop_per_step([BATCH[2]], 0.75)[0] < one[0]  # relu4_2 at most: a shorter network
+    one = plan.gflop_per_step([BATCH[0]], 0.75)  # reads relu5_1
+    assert len(one) == 4 and plan.gflop_per_step(BATCH, 0.75) == pytest.approx([3 * g for g in one])
+    assert plan.gflop_per_step([BATCH[2]], 0.75)[0] < one[0]  # relu4_2 at most: a shorter network

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from engine.lbfgs import BatchedLBFGS
+from engine.core.lbfgs import BatchedLBFGS
 
 
 def _problem(seed: int, n: int = 40):

@@ -10,11 +10,12 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from engine import images, tracking
-from engine.config import GATYS_STYLE_LAYERS, TransferConfig
-from engine.quality import REFERENCE, REFERENCE_SIZE, reference_costs
-from engine.tracking import RunTracker, load_run, tracked_transfer
-from engine.transfer import TransferResult, transfer
+from engine.core import images
+from engine.core.config import GATYS_STYLE_LAYERS, TransferConfig
+from engine.core.quality import REFERENCE, REFERENCE_SIZE, reference_costs
+from engine.core.transfer import TransferResult, transfer
+from engine.jobs import tracked_transfer, worker
+from engine.tracking import load_run
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
 TINY = TransferConfig(size=32, steps=2, coarse_levels=0)
@@ -102,7 +103,8 @@ def _result(image: Image.Image) -> TransferResult:
 
 
 def test_a_tracked_tiny_run_logs_quality_metrics(uri, content, style):
-    result, tracker = tracked_transfer(content, [style], TINY, tracking_uri=uri, device="cpu")
+    tracker = tracked_transfer(content, [style], TINY, tracking_uri=uri, device="cpu")
+    result = tracker.result
     run = load_run(uri, tracker.run_id)
     assert run.status == "FINISHED"
     for key in QUALITY_KEYS:
@@ -124,13 +126,9 @@ def test_quality_figures_do_not_depend_on_the_runs_own_lambda_or_layers(uri, con
         TINY.replace(style_layers={"relu3_1": 5.0}, content_layer="relu2_2", size=48),
         TINY.replace(style_layers={"relu1_1": 0.01, "relu5_1": 1.0}, pooling="avg"),
     ]
-    figures = []
-    for config in configs:
-        tracker = RunTracker(uri, tracking.DEFAULT_EXPERIMENT, config, small_content, [style], device="cpu")
-        with tracker:
-            tracker.finish(_result(result))
-        metrics = load_run(uri, tracker.run_id).metrics
-        figures.append({k: metrics[k] for k in QUALITY_KEYS})
+    inputs = images.Inputs.decode(small_content, [style])
+    figures = [worker.quality_figures(_result(result), inputs, config, "cpu")[0] for config in configs]
+    figures = [{k: f[k] for k in QUALITY_KEYS} for f in figures]
     assert figures[0] == figures[1]
 
 
@@ -138,10 +136,8 @@ def test_a_failing_quality_computation_does_not_fail_the_run(uri, content, style
     def broken(*args, **kwargs):
         raise RuntimeError("no memory left for the quality pass")
 
-    monkeypatch.setattr(tracking, "reference_costs", broken)
-    tracker = RunTracker(uri, tracking.DEFAULT_EXPERIMENT, TINY, content, [style], device="cpu")
-    with tracker:
-        tracker.finish(_result(content))
+    monkeypatch.setattr(worker, "reference_costs", broken)
+    tracker = tracked_transfer(content, [style], TINY, tracking_uri=uri, device="cpu")
     run = load_run(uri, tracker.run_id)
     assert run.status == "FINISHED"
     assert "no memory left" in run.tags["quality_error"]
@@ -150,9 +146,7 @@ def test_a_failing_quality_computation_does_not_fail_the_run(uri, content, style
 
 
 def test_quality_can_be_turned_off(uri, content, style):
-    tracker = RunTracker(uri, tracking.DEFAULT_EXPERIMENT, TINY, content, [style], device="cpu", quality=False)
-    with tracker:
-        tracker.finish(_result(content))
+    tracker = tracked_transfer(content, [style], TINY, tracking_uri=uri, device="cpu", quality=False)
     run = load_run(uri, tracker.run_id)
     assert run.status == "FINISHED"
     assert not [k for k in run.metrics if k.startswith("quality/")]

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine import jobs, sweep
-from engine.config import TransferConfig
-from engine.errors import InputError
+from engine import jobs
+from engine.core.config import TransferConfig
+from engine.core.errors import InputError
 from engine.jobs import JobQueue
-from engine.sweep import (
+from engine.studies import sweep
+from engine.studies.sweep import (
     MAX_SETTINGS,
     SweepAxis,
     cancel_sweep,
@@ -339,7 +340,7 @@ def test_a_sweep_whose_runs_all_fail_ends_failed_with_the_reason(uri, make_queue
     def broken(*args, **kwargs):
         raise InputError("the optimisation diverged at once")
 
-    monkeypatch.setattr(jobs, "transfer_batch", broken)
+    monkeypatch.setattr(jobs.worker, "transfer_batch", broken)
     queue = make_queue(uri, preview_every=1)
     handle = submit_sweep(queue, BASE, [SweepAxis("beta", ("1e4", "1e5"))], content_png, (style_png,))
     assert handle.wait(TIMEOUT_S)

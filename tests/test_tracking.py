@@ -23,11 +23,13 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 
-from engine import images
-from engine.config import TransferConfig
-from engine.errors import InputError
+from engine.core import images
+from engine.core.config import TransferConfig
+from engine.core.errors import InputError
+from engine.core.transfer import TransferResult, transfer
+from engine.jobs import tracked_transfer
 from engine.tracking import (
-    RunTracker,
+    RunRecorder,
     check_reachable,
     create_parent_run,
     download_artifact,
@@ -38,9 +40,7 @@ from engine.tracking import (
     metric_history,
     mlflow_ui_links,
     resolve_tracking_uri,
-    tracked_transfer,
 )
-from engine.transfer import TransferResult, transfer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
 MLFLOW = Path(sys.executable).parent / "mlflow"
@@ -178,7 +178,7 @@ def servers(template_db, tmp_path_factory):
 class TrackedRun:
     uri: str
     result: object
-    tracker: RunTracker
+    tracker: RunRecorder
     reports: list
     client: MlflowClient
 
@@ -186,7 +186,7 @@ class TrackedRun:
 @pytest.fixture(scope="module")
 def tracked(sqlite_uri, content_bytes, style_bytes, tmp_path_factory) -> TrackedRun:
     reports = []
-    result, tracker = tracked_transfer(
+    tracker = tracked_transfer(
         content_bytes,
         [style_bytes],
         CONFIG,
@@ -197,6 +197,7 @@ def tracked(sqlite_uri, content_bytes, style_bytes, tmp_path_factory) -> Tracked
         flush_every=4,  # batches at steps 4 and 6
         fallback_dir=tmp_path_factory.mktemp("unsaved"),
     )
+    result = tracker.result
     return TrackedRun(sqlite_uri, result, tracker, reports, MlflowClient(sqlite_uri))
 
 
@@ -277,7 +278,7 @@ def test_load_config_rebuilds_the_runs_config_from_its_params(tracked):
 
 
 def test_list_runs_returns_the_run_with_params_final_costs_and_an_existing_thumbnail(tracked, small_inputs, tmp_path):
-    newer = RunTracker(tracked.uri, "style-transfer", CONFIG, small_inputs[0], [small_inputs[1]], source="app")
+    newer = RunRecorder.create(tracked.uri, "style-transfer", CONFIG, small_inputs[0], [small_inputs[1]], source="app")
     newer.cancel()
     frame = list_runs(tracked.uri)
     assert frame["run_id"].tolist() == [newer.run_id, tracked.tracker.run_id]  # newest first
@@ -313,7 +314,7 @@ def test_sqlite_experiment_keeps_artifacts_beside_the_database(tracked):
 
 def test_cancelled_run_ends_killed_with_its_last_state_logged(sqlite_uri, content_bytes, style_bytes, tmp_path):
     seen = []
-    result, tracker = tracked_transfer(
+    tracker = tracked_transfer(
         content_bytes,
         [style_bytes],
         CONFIG.replace(steps=20),
@@ -325,6 +326,7 @@ def test_cancelled_run_ends_killed_with_its_last_state_logged(sqlite_uri, conten
         snapshot_every=10,
         fallback_dir=tmp_path,
     )
+    result = tracker.result
     assert result.stopped == "cancelled" and result.steps_done == 2
     run = MlflowClient(sqlite_uri).get_run(tracker.run_id)
     assert run.info.status == "KILLED" and run.data.tags["stopped"] == "cancelled"
@@ -341,7 +343,7 @@ def _wait_for_status(uri: str, run_id: str, status: str, timeout_s: float = 10) 
 
 def test_queued_run_is_scheduled_then_running_and_a_child_of_its_sweep(sqlite_uri, small_inputs, tmp_path):
     parent = create_parent_run(sqlite_uri, "sweep", name="sweep of beta", params={"grid": "beta"})
-    tracker = RunTracker(
+    tracker = RunRecorder.create(
         sqlite_uri, "sweep", CONFIG, small_inputs[0], [small_inputs[1]], source="sweep",
         status="SCHEDULED", parent_run_id=parent, fallback_dir=tmp_path,
     )  # fmt: skip
@@ -358,7 +360,9 @@ def test_queued_run_is_scheduled_then_running_and_a_child_of_its_sweep(sqlite_ur
 
 
 def test_exception_inside_the_tracker_context_fails_the_run_with_the_reason(sqlite_uri, small_inputs, tmp_path):
-    tracker = RunTracker(sqlite_uri, "errors", CONFIG, small_inputs[0], [small_inputs[1]], fallback_dir=tmp_path)
+    tracker = RunRecorder.create(
+        sqlite_uri, "errors", CONFIG, small_inputs[0], [small_inputs[1]], fallback_dir=tmp_path
+    )
     with pytest.raises(RuntimeError, match="boom"), tracker:
         tracker.start()
         raise RuntimeError("boom")
@@ -367,7 +371,9 @@ def test_exception_inside_the_tracker_context_fails_the_run_with_the_reason(sqli
 
 
 def test_diverged_run_ends_failed_with_the_reason_and_keeps_its_best_image(sqlite_uri, small_inputs, tmp_path):
-    tracker = RunTracker(sqlite_uri, "diverged", CONFIG, small_inputs[0], [small_inputs[1]], fallback_dir=tmp_path)
+    tracker = RunRecorder.create(
+        sqlite_uri, "diverged", CONFIG, small_inputs[0], [small_inputs[1]], fallback_dir=tmp_path
+    )
     best = Image.new("RGB", (32, 24), (200, 100, 50))
     costs = {"total": 1.0, "content": 1.0, "style": 0.0, "tv": 0.0, "style/relu1_1": 0.0, "style/relu2_1": 0.0}
     tracker.finish(
@@ -375,7 +381,7 @@ def test_diverged_run_ends_failed_with_the_reason_and_keeps_its_best_image(sqlit
     )
     run = MlflowClient(sqlite_uri).get_run(tracker.run_id)
     assert run.info.status == "FAILED" and run.data.tags["stopped"] == "diverged"
-    assert run.data.tags["failure_reason"].startswith("diverged")
+    assert "diverged at step 3" in run.data.tags["failure_reason"]
     with Image.open(download_artifact(sqlite_uri, tracker.run_id, "result.png")) as img:
         assert img.tobytes() == best.tobytes()
 
@@ -421,13 +427,16 @@ def test_orphaned_runs_of_ended_processes_on_this_host_are_marked_failed(sqlite_
 def test_runs_on_a_tracking_server_are_readable_through_the_readers(servers, content_bytes, style_bytes, tmp_path):
     uri = servers["main"].uri
     config = CONFIG.replace(steps=4)
-    result, tracker = tracked_transfer(
+    tracker = tracked_transfer(
         content_bytes, [style_bytes], config, tracking_uri=uri, experiment="on-server", source="app",
         device="cpu", snapshot_every=2, flush_every=2, fallback_dir=tmp_path / "unsaved",
     )  # fmt: skip
+    result = tracker.result
     run_id = tracker.run_id
     assert tracker.warning is None and result.steps_done == 4
-    assert tracker.artifact_uri.startswith("mlflow-artifacts:")  # proxied through the server
+    assert (
+        MlflowClient(uri).get_run(run_id).info.artifact_uri.startswith("mlflow-artifacts:")
+    )  # proxied through the server
     assert load_config(uri, run_id) == config
     frame = metric_history(uri, run_id)
     assert list(frame["cost/style/relu1_1"].dropna().index) == [1, 2, 3, 4]
@@ -461,7 +470,7 @@ def test_store_failing_mid_run_does_not_stop_the_optimisation_and_saves_the_resu
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail at once instead of retrying for minutes
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     content, style = images.load_image(content_bytes), images.load_image(style_bytes)
-    tracker = RunTracker(
+    tracker = RunRecorder.create(
         server.uri, "doomed", CONFIG, content_bytes, [style_bytes], snapshot_every=2, flush_every=1,
         fallback_dir=tmp_path / "unsaved", drain_timeout_s=20,
     )  # fmt: skip

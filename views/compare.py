@@ -14,8 +14,9 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from engine import compare, tracking
-from engine.errors import InputError
+from engine import tracking
+from engine.core.errors import InputError
+from engine.studies import compare
 from views.common import mlflow_ui_base, tracking_uri
 
 STATUS_ICON = {

@@ -11,10 +11,12 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from engine import explore, images, tracking
-from engine.config import GATYS_STYLE_LAYERS
-from engine.errors import InputError
-from engine.vgg import LAYER_NAMES
+from engine import tracking
+from engine.core import images
+from engine.core.config import GATYS_STYLE_LAYERS
+from engine.core.errors import InputError
+from engine.core.vgg import LAYER_NAMES
+from engine.studies import explore
 from views.common import UPLOAD_LIMITS, UPLOAD_TYPES, input_error, job_queue, tracking_uri
 
 ACTIVE = ("SCHEDULED", "RUNNING")
@@ -70,7 +72,7 @@ def child_image(run_id: str, status: str) -> tuple[Image.Image | None, str]:
     """The child's current G (the queue's memory while it runs, result.png once done) and its state."""
     progress = job_queue().progress(run_id)
     if progress is not None and not progress.done:
-        if progress.state == "queued":
+        if progress.state == "SCHEDULED":
             return None, f"queued ({progress.position})"
         return progress.image, f"step {progress.step}/{progress.total_steps}"
     try:
@@ -150,11 +152,11 @@ content_bytes = content_file.getvalue() if content_file else None
 style_bytes = style_file.getvalue() if style_file else None
 if source_run and (content_bytes is None or style_bytes is None):
     try:
-        run_content, run_styles = tracking.load_inputs(tracking_uri(), source_run)
+        run_inputs = tracking.load_inputs(tracking_uri(), source_run)
     except InputError as exc:
         input_error(exc)
-    content_bytes = content_bytes or run_content
-    style_bytes = style_bytes or run_styles[0]
+    content_bytes = content_bytes or run_inputs.content.png
+    style_bytes = style_bytes or run_inputs.styles[0].png
 
 strip_ids = list(dict.fromkeys([*st.session_state.get("layers_strips", []),
                                 *filter(None, [st.query_params.get("strip")])]))  # fmt: skip

@@ -12,8 +12,8 @@ import pandas as pd
 import streamlit as st
 
 from engine import tracking
-from engine.config import TransferConfig
-from engine.errors import InputError
+from engine.core.config import TransferConfig
+from engine.core.errors import InputError
 from views.common import (
     cost_chart,
     cost_contributions,
@@ -73,9 +73,9 @@ def live_view(run_id: str, params: dict[str, str]) -> None:
             st.image(snapshots[-1][1], caption=f"G at step {snapshots[-1][0]}", width=384)
         cost_chart(cost_contributions(history, params))
         return
-    if progress.state not in ("queued", "running"):
+    if progress.state not in ACTIVE:
         st.rerun()
-    if progress.state == "queued":
+    if progress.state == "SCHEDULED":
         st.info(f"Waiting in the queue: position {progress.position}.")
     else:
         eta = f", about {progress.eta_s:.0f} s left" if progress.eta_s is not None else ""

@@ -4,12 +4,13 @@ and inputs."""
 import streamlit as st
 from PIL import Image
 
-from engine import images, tracking
-from engine.adain import adain_preview
-from engine.config import TransferConfig, dominant_style
-from engine.errors import InputError
+from engine import tracking
+from engine.core import images
+from engine.core.adain import adain_preview
+from engine.core.config import TransferConfig, dominant_style
+from engine.core.errors import InputError
 from engine.jobs import JobSpec
-from engine.sweep import SweepAxis, expand, submit_sweep, sweepable_params
+from engine.studies.sweep import SweepAxis, expand, submit_sweep, sweepable_params
 from views.common import (
     UPLOAD_LIMITS,
     UPLOAD_TYPES,
@@ -50,8 +51,12 @@ with upload_right:
     )
 st.caption(UPLOAD_LIMITS)
 
-content_bytes = content_file.getvalue() if content_file else (cloned_inputs[0] if cloned_inputs else None)
-style_bytes = [f.getvalue() for f in style_files] if style_files else (cloned_inputs[1] if cloned_inputs else [])
+content_bytes = content_file.getvalue() if content_file else (cloned_inputs.content.png if cloned_inputs else None)
+style_bytes = (
+    [f.getvalue() for f in style_files]
+    if style_files
+    else ([s.png for s in cloned_inputs.styles] if cloned_inputs else [])
+)
 if content_bytes is None or not style_bytes:
     st.info("Upload a content image and at least one style image to begin.")
     st.stop()

@@ -3,8 +3,9 @@ sheet, with a link that opens every child in the compare page."""
 
 import streamlit as st
 
-from engine import sweep, tracking
-from engine.errors import InputError
+from engine import tracking
+from engine.core.errors import InputError
+from engine.studies import sweep
 from views.common import input_error, job_queue, tracking_uri
 
 ACTIVE = ("SCHEDULED", "RUNNING")

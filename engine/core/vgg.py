@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.errors import InputError
+from engine.core.errors import InputError
 
 # torchvision's `vgg19().features`, in order: index i of this tuple is module i of that Sequential.
 LAYER_NAMES: tuple[str, ...] = (

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from engine.vgg import LAYER_INDEX
+from engine.core.vgg import LAYER_INDEX
 
 __all__ = [
     "MAGMA",

@@ -11,12 +11,14 @@ import hashlib
 import io
 import os
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from engine.errors import InputError
+from engine.core.errors import InputError
 
 MAX_INPUT_PIXELS = 40_000_000
 MAX_INPUT_BYTES = 50 * 1024 * 1024
@@ -226,6 +228,57 @@ def image_to_png_bytes(img: Image.Image) -> bytes:
 def sha256_of(data: bytes) -> str:
     """Hex SHA-256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class InputImage:
+    """An input decoded once, at the edge (upload, CLI, the store): the RGB image, the PNG stored as the
+    run's input artifact, and the sha256 of the bytes the user gave (of the PNG for a decoded image)."""
+
+    image: Image.Image
+    png: bytes
+    sha256: str
+
+    @classmethod
+    def decode(cls, source: str | os.PathLike[str] | bytes | Image.Image, name: str = "image") -> InputImage:
+        """InputError, naming `name`, when the file cannot be read as an image."""
+        if isinstance(source, InputImage):
+            return source
+        if isinstance(source, Image.Image):
+            img = source if source.mode == "RGB" else source.convert("RGB")
+            png = fast_png(img)
+            return cls(img, png, sha256_of(png))
+        data = _read_source(source, name)
+        img = load_image(data, name=name)
+        return cls(img, fast_png(img), sha256_of(data))
+
+
+@dataclass(frozen=True, eq=False)
+class Inputs:
+    """A run's content image and its style images, each decoded once (`InputImage`)."""
+
+    content: InputImage
+    styles: tuple[InputImage, ...]
+
+    @classmethod
+    def decode(cls, content: object, styles: Sequence[object]) -> Inputs:
+        if isinstance(styles, (bytes, str, Image.Image)):
+            raise TypeError("styles must be a sequence of images")
+        return cls(
+            InputImage.decode(content, "content image"),
+            tuple(InputImage.decode(s, f"style image {i + 1}") for i, s in enumerate(styles)),
+        )
+
+    @property
+    def style_images(self) -> list[Image.Image]:
+        return [s.image for s in self.styles]
+
+
+def fast_png(img: Image.Image) -> bytes:
+    """Lossless PNG, fast: zlib level 1 encodes a 1024-px photo in ~0.1 s (level 6: ~0.25 s), ~3 % larger."""
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 # --- Colour helpers for colour preservation (Gatys et al. 2016, "Preserving colour in neural

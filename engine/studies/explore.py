@@ -21,12 +21,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from engine import images, tracking
-from engine.config import GATYS_STYLE_LAYERS, TransferConfig
-from engine.costs import normalised_gram
-from engine.errors import InputError
+from engine import tracking
+from engine.core import images
+from engine.core.config import GATYS_STYLE_LAYERS, TransferConfig
+from engine.core.costs import normalised_gram
+from engine.core.errors import InputError
+from engine.core.vgg import VGGFeatures, check_layer, layer_channels, layer_stride
 from engine.jobs import JobQueue, JobSpec
-from engine.vgg import VGGFeatures, check_layer, layer_channels, layer_stride
 
 log = logging.getLogger(__name__)
 

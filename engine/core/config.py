@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import InputError
-from engine.vgg import LAYER_INDEX, WEIGHT_SOURCES, check_layer
+from engine.core.errors import InputError
+from engine.core.vgg import LAYER_INDEX, WEIGHT_SOURCES, check_layer
 
 GATYS_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 OPTIMIZERS = ("lbfgs", "adam")

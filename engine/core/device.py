@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from engine.errors import InputError
+from engine.core.errors import InputError
 
 if TYPE_CHECKING:
-    from engine.config import TransferConfig
-from engine.vgg import LAYER_INDEX, LAYER_NAMES, layer_channels, layer_stride
+    from engine.core.config import TransferConfig
+from engine.core.vgg import LAYER_INDEX, LAYER_NAMES, layer_channels, layer_stride
 
 # Peak memory ≈ FIXED + BYTES_PER_ACTIVATION · Σ activation elements (see `activation_elements`) + the
 # optimizer's state (`optimizer_bytes`), each a straight-line fit of measured peaks (benchmarks/fast.py,

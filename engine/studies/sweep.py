@@ -43,13 +43,14 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from engine import images, tracking
-from engine.config import GATYS_STYLE_LAYERS, TransferConfig, check_style_images
-from engine.device import pick_device
-from engine.errors import InputError
+from engine import tracking
+from engine.core import images
+from engine.core.config import GATYS_STYLE_LAYERS, TransferConfig, check_style_images
+from engine.core.device import pick_device
+from engine.core.errors import InputError
+from engine.core.transfer import check_batchable, largest_batch
+from engine.core.vgg import LAYER_NAMES, check_layer
 from engine.jobs import JobQueue, JobSpec
-from engine.transfer import check_batchable, largest_batch
-from engine.vgg import LAYER_NAMES, check_layer
 
 __all__ = [
     "MAX_BATCH",
@@ -603,15 +604,6 @@ class SweepGrid:
         )
 
 
-_STATE_TO_STATUS = {
-    "queued": "SCHEDULED",
-    "running": "RUNNING",
-    "finished": "FINISHED",
-    "failed": "FAILED",
-    "cancelled": "KILLED",
-}
-
-
 def _caption(status: str, quality: dict[str, float], step: int | None, total: int | None) -> str:
     if status == "FINISHED":
         if "quality/content" in quality and "quality/style" in quality:
@@ -688,7 +680,7 @@ def sweep_grid(
         status, image, step, total = str(row["status"]), None, None, None
         progress = queue.progress(run_id) if queue is not None else None
         if progress is not None:
-            status = _STATE_TO_STATUS.get(progress.state, status) if status not in _TERMINAL else status
+            status = progress.state if status not in _TERMINAL else status
             step, total, image = progress.step, progress.total_steps, progress.image
         quality = {
             k.removeprefix("metrics."): float(v)

@@ -32,11 +32,11 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from engine import images
-from engine.config import GATYS_STYLE_LAYERS, TransferConfig, check_style_images
-from engine.costs import Objective
-from engine.device import pick_device
-from engine.transfer import feature_net
+from engine.core import images
+from engine.core.config import GATYS_STYLE_LAYERS, TransferConfig, check_style_images
+from engine.core.costs import Objective
+from engine.core.device import pick_device
+from engine.core.transfer import feature_net
 
 __all__ = ["REFERENCE", "REFERENCE_SIZE", "reference_costs"]
 

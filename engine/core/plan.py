@@ -1,0 +1,77 @@
+"""The run plan: what a run or a batch costs before it starts, in shapes, GFLOP and seconds.
+
+Scope: G's shape at every scale of a schedule, GFLOP per iteration (`device.flops_per_iteration` up to the
+deepest layer read), and the wall-time estimate from a measured or default rate. Memory estimates and
+batch fitting stay beside the memory model in `device` and `transfer` (`estimate_run_bytes`,
+`largest_batch`). Torch only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from engine.core.config import TransferConfig
+from engine.core.device import flops_per_iteration
+from engine.core.vgg import LAYER_INDEX
+
+__all__ = ["default_seconds_per_gflop", "estimate_seconds", "gflop_per_step", "scale_shapes"]
+
+# Achieved convolution GFLOP/s before a device has run anything here (benchmarks/results/fast-*.json,
+# 256 px): this project's 2-thread CPU 223; an H200 48 000 at 256 px and 106 000 at 512 px (bf16,
+# CUDA graphs), so 50 000 is a fair first guess for a recent GPU.
+CPU_GFLOPS = 220.0
+CUDA_GFLOPS = 50_000.0
+
+
+def default_seconds_per_gflop(device: str | torch.device) -> float:
+    """Seconds per GFLOP of `flops_per_iteration` before any run on this device was measured."""
+    return 1 / (CUDA_GFLOPS if torch.device(device).type == "cuda" else CPU_GFLOPS)
+
+
+def scale_shapes(config: TransferConfig, aspect: float) -> list[tuple[int, int, int]]:
+    """(height, width, iterations) of G per scale, for a content image of aspect `aspect` = height/width."""
+    shapes = []
+    for size, steps in config.schedule:
+        if aspect <= 1:
+            width, height = size, max(1, round(size * aspect))
+        else:
+            width, height = max(1, round(size / aspect)), size
+        shapes.append((height, width, steps))
+    return shapes
+
+
+def _deepest(config: TransferConfig) -> str:
+    return max(config.layers, key=LAYER_INDEX.__getitem__)
+
+
+def gflop_per_step(configs: Sequence[TransferConfig], aspect: float) -> tuple[float, ...]:
+    """GFLOP of each iteration of a batch of `configs` (one config: a single run), in order (coarse scales
+    first). Each image of a batch passes the network up to the deepest layer any of them reads, so a
+    batch of B counts B× and its measured seconds per GFLOP stay comparable with single runs'."""
+    deepest = max(map(_deepest, configs), key=LAYER_INDEX.__getitem__)
+    per_scale = [
+        (len(configs) * flops_per_iteration(h, w, deepest) / 1e9, steps)
+        for h, w, steps in scale_shapes(configs[0], aspect)  # a batch shares its schedule
+    ]
+    return tuple(gflop for gflop, steps in per_scale for _ in range(steps))
+
+
+def estimate_seconds(
+    config: TransferConfig,
+    device: str | torch.device,
+    seconds_per_gflop: float | None = None,
+    *,
+    aspect: float = 0.75,
+) -> float:
+    """Predicted wall time of the optimisation: Σ over `config.schedule` of iterations ×
+    `flops_per_iteration(h, w, deepest layer)` × `seconds_per_gflop` (default: per device type, see
+    `default_seconds_per_gflop`). `aspect` is the content's height/width (4:3 landscape if unknown).
+    Start-up (weights, inputs) and tracking are not included."""
+    if aspect <= 0:
+        raise ValueError(f"aspect must be positive, got {aspect}")
+    rate = default_seconds_per_gflop(device) if seconds_per_gflop is None else seconds_per_gflop
+    deepest = _deepest(config)
+    gflop = sum(steps * flops_per_iteration(h, w, deepest) / 1e9 for h, w, steps in scale_shapes(config, aspect))
+    return gflop * rate

@@ -1,0 +1,230 @@
+"""The durable queue: which jobs wait, which worker holds which, in a small SQLite database beside the store.
+
+MLflow holds each job's config and inputs (a SCHEDULED run); this ledger holds only the order and the
+claims, because claiming needs an atomic compare-and-set that MLflow tags do not give. Every process
+that serves the same store opens the same file, so two app processes never run one job twice: a claim
+is one `BEGIN IMMEDIATE` transaction that moves a whole batch from `queued` to `running`.
+
+A job's row:
+- `seq` its place in the FIFO (a batch's jobs share the batch's first seq);
+- `state`: `queued`, `running` (held by `owner`), `done`;
+- `owner` "<host>:<pid>:<process start>" of the process that holds it, `heartbeat` its last sign of life;
+- `attempts`: claims so far; a job whose worker died is queued again until `MAX_ATTEMPTS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.tracking import pid_alive, process_start
+
+__all__ = ["MAX_ATTEMPTS", "STALE_AFTER_S", "Claim", "Ledger", "ledger_path", "owner_id"]
+
+MAX_ATTEMPTS = 3  # a job whose worker died this many times fails with that reason
+STALE_AFTER_S = 30.0  # a running job whose owner gave no sign of life for this long is presumed dead
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    run_id    TEXT PRIMARY KEY,
+    batch     TEXT NOT NULL,
+    seq       INTEGER NOT NULL,
+    state     TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done')),
+    owner     TEXT,
+    heartbeat REAL,
+    attempts  INTEGER NOT NULL DEFAULT 0,
+    submitted REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (state, seq);
+"""
+
+
+def owner_id(pid: int | None = None) -> str:
+    """This process as a claim's owner: host, pid and the pid's start time (a reused pid is another owner)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{process_start(pid) or ''}"
+
+
+def _owner_alive(owner: str) -> bool | None:
+    """True or False for an owner on this host; None for another host's (only its heartbeat tells)."""
+    host, _, rest = owner.partition(":")
+    pid_text, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    pid = int(pid_text)
+    return pid_alive(pid) and (not started or process_start(pid) in (None, started))
+
+
+def ledger_path(tracking_uri: str) -> Path:
+    """$STYLELAB_QUEUE_DB, else `stylelab-queue.db` beside a SQLite store, else one file per store URI in
+    ~/.local/share/stylelab (an HTTP store served to several machines needs a shared path: set the
+    variable)."""
+    if configured := os.environ.get("STYLELAB_QUEUE_DB"):
+        return Path(configured).resolve()
+    if tracking_uri.startswith("sqlite:///") and ":memory:" not in tracking_uri:
+        return Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "stylelab-queue.db"
+    digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "stylelab" / f"queue-{digest}.db"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A batch a worker now holds: its run ids in submit order, and the attempt this is (1 = first)."""
+
+    batch: str
+    run_ids: tuple[str, ...]
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """Jobs whose worker died: queued again, or given up after `MAX_ATTEMPTS`."""
+
+    requeued: tuple[str, ...]
+    given_up: tuple[str, ...]
+
+
+class Ledger:
+    """The queue's durable state. Each call opens its own short transaction, so any thread or process
+    may call it; SQLite's lock serialises the claims."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection in autocommit mode (transactions are explicit), closed after use; an error inside
+        a `BEGIN` rolls it back."""
+        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+            db.execute("PRAGMA synchronous=NORMAL")
+            yield db
+        finally:
+            db.close()
+
+    def add(self, batch: str, run_ids: Sequence[str]) -> None:
+        """Queue `run_ids` as one batch at the end of the FIFO (durable once this returns)."""
+        now = time.time()
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
+            db.executemany(
+                "INSERT INTO jobs (run_id, batch, seq, state, submitted) VALUES (?, ?, ?, 'queued', ?)",
+                [(run_id, batch, seq, now) for run_id in run_ids],
+            )
+            db.execute("COMMIT")
+
+    def claim(self, owner: str) -> Claim | None:
+        """Atomically take the oldest queued batch for `owner`, or None when nothing waits."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")  # the write lock first: no other claim can interleave
+            row = db.execute("SELECT batch FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1").fetchone()
+            if row is None:
+                db.execute("COMMIT")
+                return None
+            batch = row[0]
+            db.execute(
+                "UPDATE jobs SET state = 'running', owner = ?, heartbeat = ?, attempts = attempts + 1 "
+                "WHERE batch = ? AND state = 'queued'",
+                (owner, time.time(), batch),
+            )
+            rows = db.execute(
+                "SELECT run_id, attempts FROM jobs WHERE batch = ? AND state = 'running' AND owner = ? ORDER BY rowid",
+                (batch, owner),
+            ).fetchall()
+            db.execute("COMMIT")
+        return Claim(batch, tuple(r[0] for r in rows), max(r[1] for r in rows))
+
+    def heartbeat(self, owner: str) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE jobs SET heartbeat = ? WHERE owner = ? AND state = 'running'", (time.time(), owner))
+
+    def done(self, run_ids: Sequence[str]) -> None:
+        """The jobs ended (whatever their status): they leave the queue for good."""
+        with self._connect() as db:
+            db.executemany("UPDATE jobs SET state = 'done', owner = NULL WHERE run_id = ?", [(r,) for r in run_ids])
+
+    def release(self, run_ids: Sequence[str], owner: str) -> None:
+        """Give held jobs back, first in line, without counting the attempt (a worker that stops cleanly)."""
+        with self._connect() as db:
+            db.executemany(
+                "UPDATE jobs SET state = 'queued', owner = NULL, attempts = MAX(attempts - 1, 0) "
+                "WHERE run_id = ? AND owner = ? AND state = 'running'",
+                [(r, owner) for r in run_ids],
+            )
+
+    def withdraw(self, run_id: str) -> bool:
+        """Take a queued job out of the queue (cancelled before it started); False when it is not queued."""
+        with self._connect() as db:
+            return (
+                db.execute("UPDATE jobs SET state = 'done' WHERE run_id = ? AND state = 'queued'", (run_id,)).rowcount
+                > 0
+            )
+
+    def state(self, run_id: str) -> str | None:
+        with self._connect() as db:
+            row = db.execute("SELECT state FROM jobs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def attempts(self, run_id: str) -> int:
+        with self._connect() as db:
+            row = db.execute("SELECT attempts FROM jobs WHERE run_id = ?", (run_id,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def position(self, run_id: str) -> int | None:
+        """1-based place of a queued job's batch in the FIFO, else None."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT COUNT(DISTINCT b.batch) FROM jobs a JOIN jobs b ON b.state = 'queued' AND b.seq <= a.seq "
+                "WHERE a.run_id = ? AND a.state = 'queued'",
+                (run_id,),
+            ).fetchone()
+        return row[0] or None
+
+    def queued(self) -> list[str]:
+        with self._connect() as db:
+            return [r[0] for r in db.execute("SELECT run_id FROM jobs WHERE state = 'queued' ORDER BY seq, rowid")]
+
+    def active_count(self) -> int:
+        with self._connect() as db:
+            return db.execute("SELECT COUNT(*) FROM jobs WHERE state != 'done'").fetchone()[0]
+
+    def known(self, run_ids: Sequence[str]) -> set[str]:
+        """Which of `run_ids` this ledger has ever queued."""
+        with self._connect() as db:
+            marks = ",".join("?" * len(run_ids))
+            return {r[0] for r in db.execute(f"SELECT run_id FROM jobs WHERE run_id IN ({marks})", list(run_ids))}
+
+    def recover(self, stale_after_s: float = STALE_AFTER_S) -> Recovered:
+        """Queue again, first in line, every running job whose owner died (a process of this host that has
+        ended, or any owner silent for `stale_after_s`); give up on those already tried `MAX_ATTEMPTS`
+        times. One transaction, so two processes recovering at once do not both requeue a job."""
+        now = time.time()
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            rows = db.execute("SELECT run_id, owner, heartbeat, attempts FROM jobs WHERE state = 'running'").fetchall()
+            requeued, given_up = [], []
+            for run_id, owner, beat, attempts in rows:
+                alive = _owner_alive(owner or "")
+                dead = alive is False or (alive is None and now - (beat or 0) > stale_after_s)
+                if not dead:
+                    continue
+                if attempts >= MAX_ATTEMPTS:
+                    db.execute("UPDATE jobs SET state = 'done', owner = NULL WHERE run_id = ?", (run_id,))
+                    given_up.append(run_id)
+                else:
+                    db.execute("UPDATE jobs SET state = 'queued', owner = NULL WHERE run_id = ?", (run_id,))
+                    requeued.append(run_id)
+            db.execute("COMMIT")
+        return Recovered(tuple(requeued), tuple(given_up))

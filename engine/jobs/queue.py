@@ -1,0 +1,689 @@
+"""The job queue: accept jobs durably, run them on workers, and show their live progress.
+
+Scope: `submit` and `submit_batch` validate a job, store it as a SCHEDULED MLflow run (config and
+inputs) and queue it in the durable `Ledger` before returning, so a restart of the app loses nothing.
+Workers, one per device, claim batches from the ledger atomically and run them with the one worker
+function (`worker.run_batch`); a backend decides where a worker lives:
+
+- `thread`: in this process (tests, the CLI's queue);
+- `process`: one child process per device (the app's default), so the optimisation never shares an
+  interpreter lock with page rendering; its typed messages come back over a pipe;
+- `ray`: Ray tasks on a cluster (`engine.jobs.ray_backend`, `STYLELAB_RAY_ADDRESS`).
+
+Start-up queues again the jobs whose worker died (attempts counted, see `ledger`). Cancel reaches any
+worker through the store (`tracking.request_cancel`). Pages poll `JobQueue.progress(run_id)`, which reads
+memory only: one shared snapshot per job, whatever the number of viewers. Nothing here imports Streamlit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import logging
+import multiprocessing
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from engine import tracking
+from engine.core.config import TransferConfig, check_style_images
+from engine.core.errors import InputError
+from engine.core.images import InputImage, Inputs
+from engine.core.plan import estimate_seconds, gflop_per_step
+from engine.core.transfer import check_batchable
+from engine.jobs import worker
+from engine.jobs.ledger import MAX_ATTEMPTS, Claim, Ledger, ledger_path, owner_id
+
+__all__ = ["BACKENDS", "JobProgress", "JobQueue", "JobSpec", "default_backend"]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("thread", "process", "ray")
+RATE_SMOOTHING = 0.3  # weight of the newest run in the exponential mean of seconds per GFLOP
+HEARTBEAT_S = 5.0
+CANCEL_POLL_S = 1.0  # how often a worker asks the store whether its jobs were cancelled
+RECOVER_EVERY_S = 10.0
+
+
+def default_backend() -> str:
+    """`ray` when STYLELAB_RAY_ADDRESS is set, else STYLELAB_BACKEND, else `thread`."""
+    if os.environ.get("STYLELAB_RAY_ADDRESS"):
+        return "ray"
+    return os.environ.get("STYLELAB_BACKEND", "thread")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One style transfer to run: the config and its images, decoded once (`InputImage`; raw bytes are
+    decoded here). `tags` are extra MLflow tags of the run (e.g. a sweep child's `sweep.<param>`)."""
+
+    config: TransferConfig
+    content: InputImage | bytes
+    styles: tuple[InputImage | bytes, ...]
+    source: str = "app"
+    experiment: str = tracking.DEFAULT_EXPERIMENT
+    run_name: str | None = None
+    parent_run_id: str | None = None
+    tags: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
+
+    @property
+    def inputs(self) -> Inputs:
+        return Inputs.decode(self.content, self.styles)
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """An immutable snapshot of one job, safe to read from any thread. `state` is the run's MLflow status."""
+
+    run_id: str
+    state: str  # SCHEDULED | RUNNING | FINISHED | FAILED | KILLED
+    position: int | None  # 1-based place in the queue while SCHEDULED, else None
+    step: int
+    total_steps: int
+    size: tuple[int, int] | None  # (w, h) of G at the current scale
+    elapsed_s: float  # since a worker took the job (0 while queued)
+    eta_s: float | None  # remaining seconds (None before step 1 and after a run that did not finish)
+    costs: dict[str, float]  # the latest step's costs (keys as StepReport.costs)
+    history: tuple[dict[str, float], ...]  # {"step": k, **costs} per step, for live charts
+    image: Image.Image | None  # the latest G, refreshed every `preview_every` steps and at the end
+    error: str | None  # why it failed, fit for the UI
+    warning: str | None  # e.g. the store failed and the result was saved locally; a batch's job cancelled
+    device: str  # the worker's device ("cpu", "cuda:0"); "" while queued
+    attempt: int = 1
+
+    @property
+    def done(self) -> bool:
+        return self.state in tracking.TERMINAL
+
+
+@dataclass(eq=False)
+class _Job:
+    """What this process shows of one job; read and written only under `JobQueue._lock`."""
+
+    run_id: str
+    config: TransferConfig
+    aspect: float
+    state: str = "SCHEDULED"
+    work: tuple[float, ...] = ()  # GFLOP of each step of its batch, set when it starts (ETA, measured speed)
+    device: str = ""
+    attempt: int = 1
+    batch_size: int = 1
+    step: int = 0
+    size: tuple[int, int] | None = None
+    costs: dict[str, float] = dataclasses.field(default_factory=dict)
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    image: Image.Image | None = None
+    error: str | None = None
+    warning: str | None = None
+    started: float | None = None  # time.monotonic() when a worker took it
+    ended: float | None = None
+    report_elapsed: float = 0.0  # elapsed_s of the latest step
+    report_at: float = 0.0  # time.monotonic() of the latest step
+
+
+class JobQueue:
+    """A durable FIFO of style-transfer jobs and one worker per device (see the module's docstring).
+
+    Each job is an MLflow run from `submit` on (SCHEDULED, then RUNNING, then FINISHED, FAILED or
+    KILLED); its run id is the job id. A failing job ends FAILED and never stops the worker.
+    """
+
+    _ids = itertools.count(1)
+
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        *,
+        devices: list[str] | None = None,
+        preview_every: int = 5,
+        fallback_dir: str | Path | None = None,
+        keep_finished: int = 100,
+        backend: str | None = None,
+        queue_db: str | Path | None = None,
+        poll_s: float = 0.5,
+    ) -> None:
+        if preview_every < 1:
+            raise ValueError(f"preview_every must be at least 1, got {preview_every}")
+        backend = backend or default_backend()
+        if backend not in BACKENDS:
+            raise InputError(f"Unknown job backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+        self.backend = backend
+        self.name = f"q{next(self._ids)}"  # names its worker threads
+        self.tracking_uri: str = tracking.resolve_tracking_uri(tracking_uri)
+        self.preview_every = preview_every
+        self.fallback_dir = str(fallback_dir) if fallback_dir is not None else None
+        self.keep_finished = keep_finished
+        self.poll_s = poll_s
+        self.ledger = Ledger(queue_db or ledger_path(self.tracking_uri))
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._jobs: dict[str, _Job] = {}  # submit order
+        self._inputs: dict[str, Inputs] = {}  # decoded inputs of batches submitted here, until they start
+        self._cancelled: set[str] = set()
+        self._rates: dict[str, float] = {}  # device -> measured seconds per GFLOP (exponential mean)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.recovered, self.orphaned_runs = self._recover(startup=True)
+        self._pool_keeps_inputs = self.backend == "thread"  # other workers read the store
+        self._pool = _make_backend(self, devices)
+        self.devices: list[str] = self._pool.devices
+
+    # -- recovery ------------------------------------------------------------------------------------
+
+    def _recover(self, startup: bool = False) -> tuple[tuple[str, ...], list[str]]:
+        """Queue again the jobs whose worker died, fail those tried `MAX_ATTEMPTS` times, and (at start-up)
+        fail active runs that no queue will run. Skipped when the store is unreachable."""
+        try:
+            found = self.ledger.recover()
+            for run_id in found.requeued:
+                tracking.set_run_status(self.tracking_uri, run_id, "SCHEDULED")
+            for run_id in found.given_up:
+                reason = f"its worker stopped {MAX_ATTEMPTS} times before the run finished; it was not tried again"
+                tracking.set_run_status(self.tracking_uri, run_id, "FAILED", reason)
+            orphaned = []
+            if startup:
+                uri = tracking.check_reachable(self.tracking_uri)
+                orphaned = tracking.mark_orphaned_runs(uri, tracking.DEFAULT_EXPERIMENT, keep=self.ledger.known)
+            if found.requeued:
+                log.warning("Queued again after their worker died: %s", ", ".join(found.requeued))
+            return found.requeued, orphaned
+        except Exception as e:
+            log.warning("Could not recover the jobs of %s: %s", self.tracking_uri, e)
+            return (), []
+
+    # -- submit and cancel ---------------------------------------------------------------------------
+
+    def submit(self, spec: JobSpec) -> str:
+        """Validate the job (InputError, with nothing queued or logged, when an image cannot be read, the
+        settings do not match the images, or the store is unreachable), store it as a SCHEDULED run,
+        queue it durably, and return its run id at once."""
+        return self.submit_batch([spec])[0]
+
+    def submit_batch(self, specs: Sequence[JobSpec]) -> list[str]:
+        """Queue `specs` as one batch: one worker runs them together with `transfer_batch` (one network
+        pass per step for all), and each stays its own job and MLflow run (progress, cancel, metrics,
+        result), as if submitted alone. Validated like `submit`, plus: every spec must have the same
+        content and style images, and their configs may differ only in `transfer.BATCH_KNOBS` (cost
+        weights, seed, init); else InputError with nothing queued. Returns the run ids, in order.
+
+        A child cancelled while the batch runs stops being recorded at once while the others run on;
+        when the batch ends, its run ends KILLED with its result of the batch's end. Cancelling every
+        child stops the batch. Any error fails every child with the same message."""
+        specs = list(specs)
+        if not specs:
+            raise InputError("A batch needs at least one job.")
+        for spec in specs:
+            if not isinstance(spec.config, TransferConfig):
+                raise TypeError(f"JobSpec.config must be a TransferConfig, got {type(spec.config).__name__}")
+            if spec.source not in tracking.SOURCES:
+                raise ValueError(f"source must be one of {tracking.SOURCES}, got {spec.source!r}")
+        self._check_open()
+        inputs = specs[0].inputs
+        shas = (inputs.content.sha256, *(s.sha256 for s in inputs.styles))
+        for spec in specs[1:]:
+            other = spec.inputs
+            if (other.content.sha256, *(s.sha256 for s in other.styles)) != shas:
+                raise InputError("The jobs of a batch must share their content and style images.")
+        for spec in specs:
+            check_style_images(spec.config.style_blend, len(inputs.styles))
+        check_batchable([spec.config for spec in specs])
+        uri = tracking.check_reachable(self.tracking_uri)
+        run_ids: list[str] = []
+        try:
+            for spec in specs:
+                tags = {str(k): str(v) for k, v in spec.tags.items()} or None
+                run_ids.append(tracking.create_run(uri, spec.experiment, spec.config, inputs, source=spec.source,
+                                                   parent_run_id=spec.parent_run_id, run_name=spec.run_name,
+                                                   tags=tags))  # fmt: skip
+            batch = uuid.uuid4().hex
+            width, height = inputs.content.image.size
+            with self._lock:
+                for spec, run_id in zip(specs, run_ids, strict=True):
+                    self._jobs[run_id] = _Job(run_id, spec.config, height / width)
+                if self._pool_keeps_inputs:
+                    self._inputs[batch] = inputs
+            self.ledger.add(batch, run_ids)  # durable from here on
+        except BaseException:
+            for run_id in run_ids:
+                self._end_unstarted(run_id, "creating the runs of its batch failed")
+            raise
+        with self._lock:
+            self._wake.notify_all()
+        return run_ids
+
+    def cancel(self, run_id: str) -> bool:
+        """Cancel a queued job (its run ends KILLED, it never runs) or a running one, on any worker (the
+        loop stops after the current step; the run ends KILLED with the best image so far as
+        result.png; in a batch whose other jobs run on, see `submit_batch`). False when the job is
+        unknown or already over."""
+        if self.ledger.withdraw(run_id):
+            self._end_unstarted(run_id, "cancelled before it started")
+            return True
+        if self.ledger.state(run_id) != "running":
+            return False
+        with self._lock:
+            self._cancelled.add(run_id)
+            job = self._jobs.get(run_id)
+            if job is not None and job.batch_size > 1:  # it may show RUNNING a while yet: say why
+                job.warning = "Cancelled: its run ends KILLED when the rest of its batch ends."
+        try:
+            tracking.request_cancel(self.tracking_uri, run_id)
+        except Exception as e:  # a local worker still sees the local flag
+            log.warning("Could not record the cancel of %s in the store: %s", run_id, e)
+        return True
+
+    def _end_unstarted(self, run_id: str, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            tracking.set_run_tags(self.tracking_uri, run_id, {"stopped": "cancelled"})
+            tracking.set_run_status(self.tracking_uri, run_id, "KILLED", reason)
+        with contextlib.suppress(Exception):
+            self.ledger.withdraw(run_id)
+        with self._lock:
+            job = self._jobs.get(run_id)
+            if job is not None:
+                self._end(job, "KILLED")
+
+    # -- reading progress ----------------------------------------------------------------------------
+
+    def progress(self, run_id: str) -> JobProgress | None:
+        """A snapshot of the job, or None when this process does not follow it (another process or a
+        Ray node runs it: read MLflow then)."""
+        with self._lock:
+            job = self._jobs.get(run_id)
+            if job is None or (job.state == "SCHEDULED" and not self._pool.reports_progress):
+                return None
+            snapshot = self._snapshot(job, time.monotonic())
+        if snapshot.state == "SCHEDULED":
+            state = self.ledger.state(run_id)
+            if state == "running":  # claimed by another process's worker
+                return None
+            snapshot = dataclasses.replace(snapshot, position=self.ledger.position(run_id))
+        return snapshot
+
+    def jobs(self) -> list[JobProgress]:
+        """Every job this process follows, newest first."""
+        with self._lock:
+            now = time.monotonic()
+            return [self._snapshot(job, now) for job in reversed(self._jobs.values())]
+
+    def queue_length(self) -> int:
+        """Jobs queued or running, on any worker of this queue's ledger."""
+        return self.ledger.active_count()
+
+    @property
+    def seconds_per_gflop(self) -> dict[str, float]:
+        """Measured seconds per GFLOP per device, an exponential mean over the runs done here."""
+        with self._lock:
+            return dict(self._rates)
+
+    def estimate_seconds(self, config: TransferConfig, device: str | None = None, *, aspect: float = 0.75) -> float:
+        """`plan.estimate_seconds` for `device` (default: the first worker's) with the rate measured on it
+        when there is one, else the device type's default."""
+        device = device or self.devices[0]
+        with self._lock:
+            rate = self._rates.get(device)
+        return estimate_seconds(config, device, rate, aspect=aspect)
+
+    def _snapshot(self, job: _Job, now: float) -> JobProgress:
+        elapsed = eta = None
+        if job.started is not None:
+            elapsed = (job.ended or now) - job.started
+        if job.state == "RUNNING" and job.step > 0:
+            eta = self._remaining(job, now)
+        elif job.state == "FINISHED":
+            eta = 0.0
+        return JobProgress(
+            run_id=job.run_id, state=job.state, position=None, step=job.step, total_steps=job.config.total_steps,
+            size=job.size, elapsed_s=elapsed or 0.0, eta_s=eta, costs=dict(job.costs),
+            history=tuple(job.history),  # the dicts are never changed once appended
+            image=job.image, error=job.error, warning=job.warning, device=job.device, attempt=job.attempt,
+        )  # fmt: skip
+
+    @staticmethod
+    def _remaining(job: _Job, now: float) -> float:
+        """Remaining seconds from the time per step so far, each step weighted by its FLOPs (so coarse
+        scales, which are cheaper, do not make the fine scale look fast); counts down between steps."""
+        work = job.work
+        done = sum(work[: job.step])
+        per_gflop = job.report_elapsed / done if done > 0 else 0.0
+        return max(0.0, per_gflop * sum(work[job.step :]) - (now - job.report_at))
+
+    # -- messages from the workers -------------------------------------------------------------------
+
+    def _apply(self, message: worker.Message) -> None:
+        """Fold one worker message into what this process shows."""
+        if isinstance(message, worker.Started):
+            known = []
+            for run_id in message.run_ids:
+                with self._lock:
+                    job = self._jobs.get(run_id)
+                if job is None:  # queued by another process, or before a restart
+                    try:
+                        config = tracking.load_config(self.tracking_uri, run_id)
+                    except Exception:
+                        continue
+                    job = _Job(run_id, config, 0.75)
+                known.append(job)
+            if not known:
+                return
+            work = gflop_per_step([job.config for job in known], known[0].aspect)
+            now = time.monotonic()
+            with self._lock:
+                for job in known:
+                    self._jobs.setdefault(job.run_id, job)
+                    job.state, job.device, job.started, job.work = "RUNNING", message.device, now, work
+                    job.attempt, job.step, job.history, job.ended = message.attempt, 0, [], None
+                    job.batch_size = len(message.run_ids)
+            return
+        with self._lock:
+            job = self._jobs.get(message.run_id)
+            if job is None:
+                return
+            if isinstance(message, worker.Stepped):
+                job.step, job.size, job.costs = message.step, message.size, dict(message.costs)
+                job.history.append({"step": message.step, **message.costs})
+                job.report_elapsed, job.report_at = message.elapsed_s, time.monotonic()
+                if message.image is not None:
+                    job.image = message.image
+            elif isinstance(message, worker.Ended):
+                if message.image is not None:
+                    job.image = message.image
+                if message.status in tracking.TERMINAL:
+                    if message.result is not None:
+                        self._measure(job.work, job.device, message.result.steps_done, message.result.elapsed_s)
+                    self._end(job, message.status, error=message.error, warning=message.warning)
+                else:  # interrupted: queued again
+                    job.state, job.step, job.started = "SCHEDULED", 0, None
+                self._cancelled.discard(message.run_id)
+
+    def _measure(self, work: tuple[float, ...], device: str, steps_done: int, elapsed_s: float) -> None:
+        """Fold a batch's seconds per GFLOP into the device's exponential mean (under the lock)."""
+        gflop = sum(work[:steps_done])
+        if gflop <= 0 or elapsed_s <= 0:
+            return
+        rate = elapsed_s / gflop
+        old = self._rates.get(device)
+        self._rates[device] = rate if old is None else (1 - RATE_SMOOTHING) * old + RATE_SMOOTHING * rate
+
+    def _end(self, job: _Job, state: str, *, error: str | None = None, warning: str | None = None) -> None:
+        """Mark `job` over (under the lock) and forget the oldest ended jobs beyond `keep_finished`."""
+        job.state, job.error = state, error
+        job.warning = warning or job.warning
+        job.ended = time.monotonic()
+        ended = [rid for rid, j in self._jobs.items() if j.state in tracking.TERMINAL]
+        for rid in ended[: max(0, len(ended) - self.keep_finished)]:
+            del self._jobs[rid]
+
+    # -- what the workers call -----------------------------------------------------------------------
+
+    def take_inputs(self, batch: str) -> Inputs | None:
+        """The decoded inputs of a batch submitted in this process (None: the worker reads the store)."""
+        with self._lock:
+            return self._inputs.pop(batch, None)
+
+    def locally_cancelled(self, run_id: str) -> bool:
+        with self._lock:
+            return run_id in self._cancelled
+
+    def wait_for_work(self) -> None:
+        with self._lock:
+            if not self._stop.is_set():
+                self._wake.wait(self.poll_s)
+
+    # -- shutting down -------------------------------------------------------------------------------
+
+    def shutdown(self, wait: bool = False) -> None:
+        """Stop taking jobs: running jobs stop after their current step and go back to the queue
+        (SCHEDULED, to run again at the next start), queued jobs stay queued. `wait` blocks until the
+        workers have ended."""
+        self._stop.set()
+        with self._lock:
+            self._wake.notify_all()
+        self._pool.stop(wait)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _check_open(self) -> None:
+        if self._stop.is_set():
+            raise RuntimeError("The job queue is shut down; no new jobs are taken.")
+
+
+# --------------------------------------------------------------------------------------------------
+# Serving one device: the loop every backend runs
+
+
+class CancelWatch:
+    """Whether a job was cancelled: the local flag at once, the store's `cancel_requested` tag (set by any
+    process) at most every `CANCEL_POLL_S`."""
+
+    def __init__(self, tracking_uri: str, run_ids: Sequence[str], local: Callable[[str], bool] = lambda r: False):
+        self._uri, self._run_ids, self._local = tracking_uri, list(run_ids), local
+        self._seen: set[str] = set()
+        self._checked = 0.0
+
+    def __call__(self, run_id: str) -> bool:
+        if self._local(run_id) or run_id in self._seen:
+            return True
+        now = time.monotonic()
+        if now - self._checked >= CANCEL_POLL_S:
+            self._checked = now
+            with contextlib.suppress(Exception):  # a store down for a moment cancels nothing
+                self._seen |= tracking.cancel_requested(self._uri, self._run_ids)
+        return run_id in self._seen
+
+
+def serve(
+    ledger: Ledger,
+    tracking_uri: str,
+    device: str,
+    *,
+    stop: Callable[[], bool],
+    publish: Callable[[worker.Message], None],
+    wait: Callable[[], None],
+    take_inputs: Callable[[str], Inputs | None] = lambda batch: None,
+    local_cancel: Callable[[str], bool] = lambda run_id: False,
+    preview_every: int = 5,
+    fallback_dir: str | None = None,
+    owner: str | None = None,
+) -> None:
+    """Claim batches from `ledger` and run them on `device` until `stop()`: the loop of every local
+    worker (a thread or a child process). Beats the heartbeat of its claims from a side thread."""
+    owner = owner or owner_id()
+    beating = threading.Event()
+
+    def heartbeat() -> None:
+        while not beating.wait(HEARTBEAT_S):
+            with contextlib.suppress(Exception):
+                ledger.heartbeat(owner)
+
+    threading.Thread(target=heartbeat, name=f"stylelab-heartbeat-{device}", daemon=True).start()
+    last_recovery = time.monotonic()
+    try:
+        while not stop():
+            try:
+                claim = ledger.claim(owner)
+            except Exception as e:
+                log.warning("Could not read the job queue %s: %s", ledger.path, e)
+                claim = None
+            if claim is None:
+                if time.monotonic() - last_recovery > RECOVER_EVERY_S:
+                    last_recovery = time.monotonic()
+                    _recover_quietly(ledger, tracking_uri)
+                wait()
+                continue
+            run_claim(ledger, tracking_uri, device, claim, stop=stop, publish=publish,
+                      inputs=take_inputs(claim.batch), local_cancel=local_cancel, preview_every=preview_every,
+                      fallback_dir=fallback_dir, owner=owner)  # fmt: skip
+    finally:
+        beating.set()
+
+
+def run_claim(
+    ledger: Ledger,
+    tracking_uri: str,
+    device: str,
+    claim: Claim,
+    *,
+    stop: Callable[[], bool],
+    publish: Callable[[worker.Message], None],
+    inputs: Inputs | None,
+    local_cancel: Callable[[str], bool],
+    preview_every: int,
+    fallback_dir: str | None,
+    owner: str,
+) -> None:
+    """Run one claimed batch and settle it in the ledger: done, or given back when interrupted."""
+    cancelled = CancelWatch(tracking_uri, claim.run_ids, local_cancel)
+    try:
+        ended = worker.run_batch(tracking_uri, claim.run_ids, device, cancelled=cancelled, interrupted=stop,
+                                 publish=publish, inputs=inputs, preview_every=preview_every, attempt=claim.attempt,
+                                 fallback_dir=fallback_dir)  # fmt: skip
+    except Exception:  # a bug in the bookkeeping itself: the jobs stay claimed, recovery retries them
+        log.exception("Jobs %s failed in the worker", ", ".join(claim.run_ids))
+        return
+    ledger.done([e.run_id for e in ended if e.status in tracking.TERMINAL])
+    ledger.release([e.run_id for e in ended if e.status not in tracking.TERMINAL], owner)
+
+
+def _recover_quietly(ledger: Ledger, tracking_uri: str) -> None:
+    try:
+        found = ledger.recover()
+        for run_id in found.requeued:
+            tracking.set_run_status(tracking_uri, run_id, "SCHEDULED")
+        for run_id in found.given_up:
+            reason = f"its worker stopped {MAX_ATTEMPTS} times before the run finished; it was not tried again"
+            tracking.set_run_status(tracking_uri, run_id, "FAILED", reason)
+    except Exception as e:
+        log.warning("Could not recover jobs: %s", e)
+
+
+# --------------------------------------------------------------------------------------------------
+# Backends
+
+
+def _local_devices(devices: list[str] | None) -> list[str]:
+    from engine.core.device import pick_device
+
+    if devices is None:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        devices = [f"cuda:{i}" for i in range(count)] or ["cpu"]
+    if not devices:
+        raise InputError("Give at least one device to run jobs on.")
+    names = [str(pick_device(d)) for d in devices]
+    for name in names:
+        dev = torch.device(name)
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"There is no GPU {name}; this machine has {torch.cuda.device_count()}.")
+    return names
+
+
+class _Threads:
+    """One worker thread per device in this process."""
+
+    reports_progress = True
+
+    def __init__(self, queue: JobQueue, devices: list[str] | None) -> None:
+        self.devices = _local_devices(devices)
+        self._threads = [
+            threading.Thread(
+                target=serve,
+                args=(queue.ledger, queue.tracking_uri, device),
+                kwargs=dict(
+                    stop=lambda: queue.stopping,
+                    publish=queue._apply,
+                    wait=queue.wait_for_work,
+                    take_inputs=queue.take_inputs,
+                    local_cancel=queue.locally_cancelled,
+                    preview_every=queue.preview_every,
+                    fallback_dir=queue.fallback_dir,
+                ),
+                name=f"stylelab-worker-{queue.name}-{device}-{i}",
+                daemon=True,
+            )
+            for i, device in enumerate(self.devices)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, wait: bool) -> None:
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+
+def _serve_in_child(ledger_file: str, tracking_uri: str, device: str, stop, messages, preview_every: int,
+                    fallback_dir: str | None, poll_s: float, torch_threads: int | None) -> None:  # fmt: skip
+    """A child process's main: the same `serve` loop, its messages sent to the parent."""
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    parent = os.getppid()
+    serve(Ledger(ledger_file), tracking_uri, device, stop=lambda: stop.is_set() or os.getppid() != parent,
+          publish=messages.put, wait=lambda: stop.wait(poll_s), preview_every=preview_every,
+          fallback_dir=fallback_dir)  # fmt: skip
+
+
+class _Processes:
+    """One child process per device (spawned: CUDA and threads do not survive a fork). Typed messages come
+    back over a queue that one thread of this process folds into memory; a child whose parent is gone
+    ends after its batch (or at once when idle)."""
+
+    reports_progress = True
+
+    def __init__(self, queue: JobQueue, devices: list[str] | None) -> None:
+        self.devices = _local_devices(devices)
+        context = multiprocessing.get_context("spawn")
+        self._stop = context.Event()
+        self._messages = context.Queue()
+        threads = os.environ.get("STYLELAB_WORKER_THREADS")
+        self._children = [
+            context.Process(
+                target=_serve_in_child,
+                args=(str(queue.ledger.path), queue.tracking_uri, device, self._stop, self._messages,
+                      queue.preview_every, queue.fallback_dir, queue.poll_s, int(threads) if threads else None),
+                name=f"stylelab-worker-{device}",
+                daemon=True,
+            )
+            for device in self.devices
+        ]  # fmt: skip
+        for child in self._children:
+            child.start()
+        self._receiver = threading.Thread(target=self._receive, args=(queue,), name="stylelab-messages", daemon=True)
+        self._receiver.start()
+
+    def _receive(self, queue: JobQueue) -> None:
+        while True:
+            message = self._messages.get()
+            if message is None:
+                return
+            try:
+                queue._apply(message)
+            except Exception:
+                log.exception("Could not apply a worker message")
+
+    def stop(self, wait: bool) -> None:
+        self._stop.set()
+        if wait:
+            for child in self._children:
+                child.join(timeout=120)
+            self._messages.put(None)
+            self._receiver.join(timeout=10)
+
+
+def _make_backend(queue: JobQueue, devices: list[str] | None):
+    if queue.backend == "thread":
+        return _Threads(queue, devices)
+    if queue.backend == "process":
+        return _Processes(queue, devices)
+    from engine.jobs.ray_backend import RayWorkers  # Ray is imported only when asked for
+
+    return RayWorkers(queue, devices)

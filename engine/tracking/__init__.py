@@ -1,0 +1,89 @@
+"""MLflow tracking, the only code of the engine that imports MLflow (no Streamlit).
+
+- `schema`: the names of the contract (experiment, sources, image keys) and the one status vocabulary;
+- `store`: where the store is, whether it answers, the experiment;
+- `recorder`: `create_run` (a job is stored as a SCHEDULED run) and `RunRecorder` (steps and result);
+- `groups`: parent runs (sweeps, layer strips), status and tag changes;
+- `orphans`: which process wrote a run, and runs a dead process left active;
+- `readers`: runs, histories, images and artifacts read back;
+- `links`: the MLflow UI.
+
+The names below are the package's interface; its modules are private to it.
+"""
+
+from engine.tracking.groups import (
+    cancel_requested,
+    create_parent_run,
+    log_run_image,
+    request_cancel,
+    set_run_status,
+    set_run_tags,
+)
+from engine.tracking.links import UILinks, mlflow_ui_command, mlflow_ui_links
+from engine.tracking.orphans import mark_orphaned_runs, pid_alive, process_start, worker_id
+from engine.tracking.readers import (
+    RunSummary,
+    download_artifact,
+    image_steps,
+    list_runs,
+    load_config,
+    load_inputs,
+    load_run,
+    metric_history,
+)
+from engine.tracking.recorder import RunRecorder, create_run, end_status
+from engine.tracking.schema import (
+    ACTIVE,
+    DEFAULT_EXPERIMENT,
+    IMAGE_KEY,
+    SOURCES,
+    STATUSES,
+    TERMINAL,
+    THUMBNAIL_SIZE,
+)
+from engine.tracking.store import (
+    check_reachable,
+    default_artifact_root,
+    get_or_create_experiment,
+    resolve_tracking_uri,
+    short_error,
+)
+
+__all__ = [
+    "ACTIVE",
+    "DEFAULT_EXPERIMENT",
+    "IMAGE_KEY",
+    "SOURCES",
+    "STATUSES",
+    "TERMINAL",
+    "THUMBNAIL_SIZE",
+    "RunRecorder",
+    "RunSummary",
+    "UILinks",
+    "cancel_requested",
+    "check_reachable",
+    "create_parent_run",
+    "create_run",
+    "default_artifact_root",
+    "download_artifact",
+    "end_status",
+    "get_or_create_experiment",
+    "image_steps",
+    "list_runs",
+    "load_config",
+    "load_inputs",
+    "load_run",
+    "log_run_image",
+    "mark_orphaned_runs",
+    "metric_history",
+    "mlflow_ui_command",
+    "mlflow_ui_links",
+    "pid_alive",
+    "process_start",
+    "request_cancel",
+    "resolve_tracking_uri",
+    "set_run_status",
+    "set_run_tags",
+    "short_error",
+    "worker_id",
+]

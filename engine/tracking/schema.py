@@ -1,0 +1,19 @@
+"""The MLflow naming contract in one place: experiment, sources, image keys, and the one status vocabulary.
+
+Every run, job and page uses MLflow's run statuses (`SCHEDULED`, `RUNNING`, `FINISHED`, `FAILED`, `KILLED`);
+there is no second set of job states.
+"""
+
+from __future__ import annotations
+
+DEFAULT_EXPERIMENT = "style-transfer"
+SOURCES = ("cli", "app", "sweep", "explorer")
+IMAGE_KEY = "generated"
+THUMBNAIL_SIZE = 256
+DEFAULT_FLUSH_EVERY = 25
+DEFAULT_SNAPSHOTS = 20  # snapshots per run when snapshot_every is not given
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+_MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for log_batch
+_MAX_TAG_LENGTH = 5000
+ACTIVE = ("SCHEDULED", "RUNNING")
+STATUSES = (*ACTIVE, *TERMINAL)
