@@ -90,6 +90,7 @@ def app_store(new_store, tmp_path_factory) -> Iterator[str]:
     uri = new_store(tmp_path_factory.mktemp("app-store"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("STYLELAB_BACKEND", "thread")  # AppTest waits on jobs in this process
         common.tracking_uri.clear()
         common.job_queue.clear()
         yield uri
@@ -102,8 +103,9 @@ def make_queue(tmp_path) -> Iterator[Callable[..., JobQueue]]:
     """JobQueue factory (one CPU worker by default); every queue is shut down at teardown."""
     made: list[JobQueue] = []
 
-    def make(tracking_uri: str, **kwargs) -> JobQueue:
-        kwargs = {"devices": ["cpu"], "preview_every": 2, "fallback_dir": tmp_path / "unsaved"} | kwargs
+    def make(tracking_uri: str, **given) -> JobQueue:
+        kwargs = {"devices": ["cpu"], "preview_every": 2, "fallback_dir": tmp_path / "unsaved", "backend": "thread"}
+        kwargs |= given
         made.append(JobQueue(tracking_uri, **kwargs))
         return made[-1]
 

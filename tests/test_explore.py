@@ -115,7 +115,7 @@ def test_strip_image_has_one_tile_per_label():
 @pytest.mark.parametrize("kind", ["content", "style"])
 def test_a_strip_is_logged_as_finished_explorer_runs_with_its_params(tmp_path, kind):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    queue = JobQueue(uri, devices=["cpu"], fallback_dir=tmp_path / "unsaved")
+    queue = JobQueue(uri, devices=["cpu"], backend="thread", fallback_dir=tmp_path / "unsaved")
     expected = explore.strip_configs(kind, 32, 2)
     try:
         parent, children = explore.submit_strip(queue, kind, CONTENT_BYTES, STYLE_BYTES, size=32, steps=2)

@@ -58,7 +58,7 @@ class Done:
 def done(new_store, tmp_path_factory, content_png, style_png) -> Iterator[Done]:
     folder = tmp_path_factory.mktemp("sweep")
     uri = new_store(folder / "store")
-    queue = JobQueue(uri, devices=["cpu"], preview_every=1, fallback_dir=folder / "unsaved")
+    queue = JobQueue(uri, devices=["cpu"], backend="thread", preview_every=1, fallback_dir=folder / "unsaved")
     try:
         start = time.monotonic()
         handle = submit_sweep(queue, BASE, AXES, content_png, (style_png,), name="tiny sweep")

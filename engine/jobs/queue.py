@@ -23,8 +23,10 @@ import itertools
 import logging
 import multiprocessing
 import os
+import sys
 import threading
 import time
+import types
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,10 +56,10 @@ RECOVER_EVERY_S = 10.0
 
 
 def default_backend() -> str:
-    """`ray` when STYLELAB_RAY_ADDRESS is set, else STYLELAB_BACKEND, else `thread`."""
+    """`ray` when STYLELAB_RAY_ADDRESS is set, else STYLELAB_BACKEND, else `process`."""
     if os.environ.get("STYLELAB_RAY_ADDRESS"):
         return "ray"
-    return os.environ.get("STYLELAB_BACKEND", "thread")
+    return os.environ.get("STYLELAB_BACKEND", "process")
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,8 @@ class JobQueue:
         queue_db: str | Path | None = None,
         poll_s: float = 0.5,
     ) -> None:
+        """`devices`: one worker each (default: every GPU, else the CPU); [] runs no worker here, so this
+        process only accepts jobs (other processes or machines on the same ledger run them)."""
         if preview_every < 1:
             raise ValueError(f"preview_every must be at least 1, got {preview_every}")
         backend = backend or default_backend()
@@ -577,8 +581,6 @@ def _local_devices(devices: list[str] | None) -> list[str]:
     if devices is None:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         devices = [f"cuda:{i}" for i in range(count)] or ["cpu"]
-    if not devices:
-        raise InputError("Give at least one device to run jobs on.")
     names = [str(pick_device(d)) for d in devices]
     for name in names:
         dev = torch.device(name)
@@ -655,8 +657,16 @@ class _Processes:
             )
             for device in self.devices
         ]  # fmt: skip
-        for child in self._children:
-            child.start()
+        main = sys.modules.get("__main__")
+        # A spawned child imports the parent's __main__ first; under Streamlit that is the app's script,
+        # which would start a queue of its own. The worker needs none of it.
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            for child in self._children:
+                child.start()
+        finally:
+            if main is not None:
+                sys.modules["__main__"] = main
         self._receiver = threading.Thread(target=self._receive, args=(queue,), name="stylelab-messages", daemon=True)
         self._receiver.start()
 
