@@ -18,6 +18,7 @@ from views.common import (
     job_queue,
     settings_ui,
     tracking_uri,
+    visitor_text,
 )
 
 PREVIEW_MAX_SIZE = 512
@@ -39,7 +40,7 @@ if clone_id:
         cloned_inputs = tracking.load_inputs(tracking_uri(), clone_id)
         st.info(f"Settings and inputs of run `{clone_id}`. Upload other images to replace them.")
     except InputError as exc:
-        st.warning(f"Could not clone run {clone_id}: {exc}")
+        st.warning(f"Could not clone run {clone_id}: {visitor_text(exc)}")
 
 upload_left, upload_right = st.columns(2)
 with upload_left:
