@@ -54,7 +54,16 @@ st.caption(UPLOAD_LIMITS)
 content_bytes = content_file.getvalue() if content_file else (cloned_inputs[0] if cloned_inputs else None)
 style_bytes = [f.getvalue() for f in style_files] if style_files else (cloned_inputs[1] if cloned_inputs else [])
 if content_bytes is None or not style_bytes:
-    st.info("Upload a content image and at least one style image to begin.")
+    if content_bytes is None and not style_bytes:
+        st.info("Upload a content image and at least one style image to begin.")
+    else:  # say what the server holds, so a file that never arrived is not waited on in silence
+        have, want = (("content image", "at least one style image") if content_bytes is not None
+                      else ("style image(s)", "a content image"))  # fmt: skip
+        st.info(f"The server has your {have}; now upload {want}.")
+        st.caption(
+            "An image counts once the server has it (its name shows in the uploader and this message changes). "
+            "If a file you chose does not arrive within a few seconds, remove it and choose it again."
+        )
     st.stop()
 
 try:
