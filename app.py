@@ -5,13 +5,18 @@ import streamlit as st
 from views.common import sidebar
 
 st.set_page_config(page_title="stylelab", page_icon=":material/palette:", layout="wide")
+STUDIO = dict(title="Studio", icon=":material/palette:")
 navigation = st.navigation(
     [
-        st.Page("views/studio.py", title="Studio", icon=":material/palette:", url_path="studio", default=True),
+        # Streamlit serves its default page at `/` only (its url_path becomes ""), so the studio is two
+        # pages of one script: `/studio` (first: links to views/studio.py go there, as the README says)
+        # and a hidden default one that `/` opens.
+        st.Page("views/studio.py", url_path="studio", **STUDIO),
         st.Page("views/runs.py", title="Runs", icon=":material/history:", url_path="runs"),
         st.Page("views/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
         st.Page("views/sweep.py", title="Sweep", icon=":material/grid_view:", url_path="sweep"),
         st.Page("views/layers.py", title="Layers", icon=":material/layers:", url_path="layers"),
+        st.Page("views/studio.py", url_path="home", default=True, visibility="hidden", **STUDIO),
     ]
 )
 sidebar()

@@ -64,7 +64,8 @@ def test_studio_asks_for_images_first(store):
     at = app().run()
     assert not at.exception
     assert "Upload a content image and at least one style image" in texts(at)
-    assert "Queue" in texts(at) and store in texts(at)  # the shared sidebar
+    assert "Queue" in texts(at) and "local SQLite" in texts(at)  # the shared sidebar
+    assert store not in texts(at)  # no server path for visitors (issue 17)
 
 
 def test_studio_shows_settings_and_an_estimate_once_images_are_uploaded(store):

@@ -97,7 +97,8 @@ class ThreeJobs:
 @pytest.fixture(scope="module")
 def three_jobs(new_store, tmp_path_factory, content_png, style_png) -> Iterator[ThreeJobs]:
     uri = new_store(tmp_path_factory.mktemp("three"))
-    queue = JobQueue(uri, devices=["cpu"], backend="thread", preview_every=2, fallback_dir=tmp_path_factory.mktemp("unsaved"))
+    unsaved = tmp_path_factory.mktemp("unsaved")
+    queue = JobQueue(uri, devices=["cpu"], backend="thread", preview_every=2, fallback_dir=unsaved)
     try:
         configs = [CONFIG.replace(steps=40), CONFIG.replace(steps=3, seed=1), CONFIG.replace(steps=4, seed=2)]
         ids = [queue.submit(_spec(content_png, style_png, config)) for config in configs]
@@ -325,7 +326,8 @@ class Batch:
 @pytest.fixture(scope="module")
 def batch_of_three(new_store, tmp_path_factory, content_png, style_png) -> Iterator[Batch]:
     uri = new_store(tmp_path_factory.mktemp("batch"))
-    queue = JobQueue(uri, devices=["cpu"], backend="thread", preview_every=2, fallback_dir=tmp_path_factory.mktemp("unsaved"))
+    unsaved = tmp_path_factory.mktemp("unsaved")
+    queue = JobQueue(uri, devices=["cpu"], backend="thread", preview_every=2, fallback_dir=unsaved)
     try:
         ids = queue.submit_batch([_spec(content_png, style_png, config, tags={"team": "a"}) for config in BATCH])
         _wait(queue, ids[0], lambda p: p.state != "SCHEDULED", "running")

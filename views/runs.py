@@ -22,6 +22,7 @@ from views.common import (
     live_history,
     mlflow_ui_base,
     tracking_uri,
+    visitor_text,
 )
 
 ACTIVE = ("SCHEDULED", "RUNNING")
@@ -50,7 +51,7 @@ def run_page(run_id: str) -> None:
         live_view(run_id, run.params)
         return
     if run.status == "FAILED":
-        st.error(f"This run failed: {run.tags.get('failure_reason', 'no reason was recorded')}")
+        st.error(f"This run failed: {visitor_text(run.tags.get('failure_reason', 'no reason was recorded'))}")
     elif run.status == "KILLED":
         st.warning("This run was cancelled; the result is the best image before it stopped.")
     finished_view(run)
@@ -174,7 +175,7 @@ def _summary(run: pd.Series) -> str:
     if pd.notna(run.get("metrics.final/total")):
         parts.append(f"J {run['metrics.final/total']:.3g}")
     if pd.notna(run.get("failure_reason")):
-        parts.append(f"failed: {run['failure_reason']}")
+        parts.append(f"failed: {visitor_text(run['failure_reason'])}")
     return " · ".join(parts)
 
 

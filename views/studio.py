@@ -19,6 +19,7 @@ from views.common import (
     job_queue,
     settings_ui,
     tracking_uri,
+    visitor_text,
 )
 
 PREVIEW_MAX_SIZE = 512
@@ -40,7 +41,7 @@ if clone_id:
         cloned_inputs = tracking.load_inputs(tracking_uri(), clone_id)
         st.info(f"Settings and inputs of run `{clone_id}`. Upload other images to replace them.")
     except InputError as exc:
-        st.warning(f"Could not clone run {clone_id}: {exc}")
+        st.warning(f"Could not clone run {clone_id}: {visitor_text(exc)}")
 
 upload_left, upload_right = st.columns(2)
 with upload_left:
@@ -58,7 +59,16 @@ style_bytes = (
     else ([s.png for s in cloned_inputs.styles] if cloned_inputs else [])
 )
 if content_bytes is None or not style_bytes:
-    st.info("Upload a content image and at least one style image to begin.")
+    if content_bytes is None and not style_bytes:
+        st.info("Upload a content image and at least one style image to begin.")
+    else:  # say what the server holds, so a file that never arrived is not waited on in silence
+        have, want = (("content image", "at least one style image") if content_bytes is not None
+                      else ("style image(s)", "a content image"))  # fmt: skip
+        st.info(f"The server has your {have}; now upload {want}.")
+        st.caption(
+            "An image counts once the server has it (its name shows in the uploader and this message changes). "
+            "If a file you chose does not arrive within a few seconds, remove it and choose it again."
+        )
     st.stop()
 
 try:

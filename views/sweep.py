@@ -6,7 +6,7 @@ import streamlit as st
 from engine import tracking
 from engine.core.errors import InputError
 from engine.studies import sweep
-from views.common import input_error, job_queue, tracking_uri
+from views.common import input_error, job_queue, tracking_uri, visitor_text
 
 ACTIVE = ("SCHEDULED", "RUNNING")
 
@@ -33,7 +33,10 @@ def grid_view(grid: sweep.SweepGrid) -> None:
 
 @st.fragment(run_every=1.0)
 def live_grid(parent_id: str) -> None:
-    grid = sweep.sweep_grid(tracking_uri(), parent_id, queue=job_queue())
+    try:
+        grid = sweep.sweep_grid(tracking_uri(), parent_id, queue=job_queue())
+    except InputError as exc:
+        input_error(exc)
     if grid.status not in ACTIVE:
         st.rerun()
     if grid.done:  # every child ended but the watcher thread is gone (e.g. a restart): finish here
@@ -55,6 +58,11 @@ try:
     parent = tracking.load_run(tracking_uri(), parent_id)
 except InputError as exc:
     input_error(exc)
+if "sweep.axes" not in parent.params:  # e.g. a single run's id: say so, and link to its own page
+    st.error(f"Run `{parent_id}` is not a sweep: this page shows the parent run of a sweep.", icon="⚠️")
+    st.page_link("views/runs.py", label="Open the run's page", icon=":material/history:",
+                 query_params={"run": parent_id})  # fmt: skip
+    st.stop()
 st.title(parent.name)
 st.caption(f"Sweep `{parent_id}` over {parent.params.get('sweep.axes', '?')} · {parent.status.lower()}")
 if parent.status in ACTIVE:
@@ -62,7 +70,7 @@ if parent.status in ACTIVE:
     st.stop()
 
 if parent.status == "FAILED":
-    st.error(parent.tags.get("failure_reason", "The sweep failed."))
+    st.error(visitor_text(parent.tags.get("failure_reason", "The sweep failed.")))
 children = sweep.sweep_children(tracking_uri(), parent_id)
 if len(children) >= 2:
     st.page_link("views/compare.py", label="Open all runs in the compare page", icon=":material/compare:",
@@ -71,4 +79,7 @@ try:
     st.image(tracking.download_artifact(tracking_uri(), parent_id, "contact_sheet.png"), caption="contact sheet")
 except InputError:
     st.caption("No contact sheet was logged.")
-grid_view(sweep.sweep_grid(tracking_uri(), parent_id))
+try:
+    grid_view(sweep.sweep_grid(tracking_uri(), parent_id))
+except InputError as exc:
+    input_error(exc)
