@@ -23,7 +23,7 @@ import pytest
 from browser_helpers import BROWSER_TEST, shot
 from conftest import free_port
 
-from engine import tracking
+from engine import jobs
 from engine.core import images
 from engine.core.config import TransferConfig
 from engine.jobs import JobQueue
@@ -53,7 +53,7 @@ def served(tmp_path_factory, new_store, start_streamlit, content_png, style_png)
     content, style = images.load_image(content_png), images.load_image(style_png)
     runs = []
     for name, config in {"a": TINY, "b": TINY.replace(beta=1e6)}.items():
-        _, tracker = tracking.tracked_transfer(content, [style], config, tracking_uri=uri, run_name=name)
+        tracker = jobs.tracked_transfer(content, [style], config, tracking_uri=uri, run_name=name)
         runs.append(tracker.run_id)
     queue = JobQueue(uri, devices=["cpu"], preview_every=1, fallback_dir=folder / "unsaved")
     try:
