@@ -14,6 +14,12 @@ from pathlib import Path
 
 import pytest
 
+# loopback only, and token auth with a token of this test's own (head, its workers and this driver); set
+# before Ray is imported, which reads them then
+LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(32)}  # fmt: skip
+os.environ.update(LOOPBACK)
+
 ray = pytest.importorskip("ray")
 
 from conftest import free_port  # noqa: E402
@@ -27,8 +33,6 @@ pytestmark = [pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 120.0  # each Ray worker imports torch and loads VGG19 first
 TINY = TransferConfig(size=32, steps=3, coarse_levels=0)
-# loopback only, and token auth with a token of this test's own (head, its workers and this driver)
-LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 @pytest.fixture(scope="module")
