@@ -15,6 +15,10 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+# Ray reads this when it is imported: without it, it turns 127.0.0.1 into the machine's network address,
+# and tests here may only talk to loopback. Set for the whole session, before any test imports Ray.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 import pytest
 import torch
 from browser_helpers import CHROMIUM, CHROMIUM_ARGS
