@@ -33,6 +33,7 @@ from engine.tracking import (
     check_reachable,
     create_parent_run,
     download_artifact,
+    group_ready,
     image_steps,
     list_runs,
     load_config,
@@ -342,7 +343,7 @@ def _wait_for_status(uri: str, run_id: str, status: str, timeout_s: float = 10) 
 
 
 def test_queued_run_is_scheduled_then_running_and_a_child_of_its_sweep(sqlite_uri, small_inputs, tmp_path):
-    parent = create_parent_run(sqlite_uri, "sweep", name="sweep of beta", params={"grid": "beta"})
+    parent = create_parent_run(sqlite_uri, "sweep", name="sweep of beta", params={"grid": "beta"}, size=1)
     tracker = RunRecorder.create(
         sqlite_uri, "sweep", CONFIG, small_inputs[0], [small_inputs[1]], source="sweep",
         status="SCHEDULED", parent_run_id=parent, fallback_dir=tmp_path,
@@ -357,6 +358,8 @@ def test_queued_run_is_scheduled_then_running_and_a_child_of_its_sweep(sqlite_ur
     tracker.cancel("cancelled while queued")
     run = client.get_run(tracker.run_id)
     assert run.info.status == "KILLED" and run.data.tags["failure_reason"] == "cancelled while queued"
+    assert group_ready(sqlite_uri, parent)  # its one child has ended
+    assert client.get_run(parent).data.tags["group.size"] == "1"
 
 
 def test_exception_inside_the_tracker_context_fails_the_run_with_the_reason(sqlite_uri, small_inputs, tmp_path):

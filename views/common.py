@@ -21,6 +21,7 @@ from engine.core.errors import InputError
 from engine.core.images import MAX_INPUT_BYTES, MAX_INPUT_PIXELS
 from engine.core.vgg import LAYER_INDEX, LAYER_NAMES
 from engine.jobs import JobQueue
+from engine.studies import explore, sweep
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"]
 UPLOAD_LIMITS = f"Up to {MAX_INPUT_BYTES // 2**20} MB and {MAX_INPUT_PIXELS // 10**6} megapixels per image."
@@ -63,8 +64,9 @@ def mlflow_ui_base() -> str:
 
 @st.cache_resource(on_release=lambda queue: queue.shutdown())
 def job_queue() -> JobQueue:
-    """One queue for every browser session of this server; its workers outlive reruns and closed tabs."""
-    return JobQueue(tracking_uri())
+    """One queue for every browser session of this server; its workers outlive reruns and closed tabs. It
+    ends sweeps' and strips' parents itself, also those whose last child ended before a restart."""
+    return JobQueue(tracking_uri(), group_finalisers=(sweep.finalise_group, explore.finalise_group))
 
 
 def sidebar() -> None:

@@ -104,10 +104,8 @@ def strip_view(parent_id: str) -> bool:
 
 @st.fragment(run_every=1.0)
 def live_strip(parent_id: str) -> None:
-    if not strip_view(parent_id):  # every layer ended: end the parent here too (its watcher may be gone)
-        if tracking.load_run(tracking_uri(), parent_id).status in ACTIVE:
-            explore.finalise_strip(tracking_uri(), parent_id, [r for _, r, _ in explore.strip_children(
-                tracking_uri(), parent_id)], timeout_s=5)  # fmt: skip
+    # every layer ended, and the job service has ended the parent: show the finished strip
+    if not strip_view(parent_id) and tracking.load_run(tracking_uri(), parent_id).status not in ACTIVE:
         st.rerun()
     if st.button("Cancel this strip", key=f"cancel_{parent_id}"):
         for _, run_id, _ in explore.strip_children(tracking_uri(), parent_id):

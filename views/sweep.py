@@ -39,9 +39,6 @@ def live_grid(parent_id: str) -> None:
         input_error(exc)
     if grid.status not in ACTIVE:
         st.rerun()
-    if grid.done:  # every child ended but the watcher thread is gone (e.g. a restart): finish here
-        sweep.finalise_sweep(tracking_uri(), parent_id)
-        st.rerun()
     counts = ", ".join(f"{n} {status.lower()}" for status, n in grid.counts().items() if n)
     st.caption(f"{len(grid.cells)} runs: {counts}")
     grid_view(grid)

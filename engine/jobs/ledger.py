@@ -42,6 +42,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     submitted REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (state, seq);
+CREATE TABLE IF NOT EXISTS groups_ended (
+    parent TEXT PRIMARY KEY,
+    ended  REAL NOT NULL
+);
 """
 
 
@@ -205,6 +209,15 @@ class Ledger:
         with self._connect() as db:
             marks = ",".join("?" * len(run_ids))
             return {r[0] for r in db.execute(f"SELECT run_id FROM jobs WHERE run_id IN ({marks})", list(run_ids))}
+
+    def claim_group_end(self, parent_run_id: str) -> bool:
+        """True for exactly one caller per group: whoever may finalise the parent (two workers that end
+        a group's last two children at once both see it ready)."""
+        with self._connect() as db:
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO groups_ended (parent, ended) VALUES (?, ?)", (parent_run_id, time.time())
+            )
+            return inserted.rowcount == 1
 
     def recover(self, stale_after_s: float = STALE_AFTER_S) -> Recovered:
         """Queue again, first in line, every running job whose owner died (a process of this host that has

@@ -49,6 +49,7 @@ __all__ = ["BACKENDS", "JobProgress", "JobQueue", "JobSpec", "default_backend"]
 log = logging.getLogger(__name__)
 
 BACKENDS = ("thread", "process", "ray")
+GroupFinaliser = Callable[[str, str], object]
 RATE_SMOOTHING = 0.3  # weight of the newest run in the exponential mean of seconds per GFLOP
 HEARTBEAT_S = 5.0
 CANCEL_POLL_S = 1.0  # how often a worker asks the store whether its jobs were cancelled
@@ -151,9 +152,12 @@ class JobQueue:
         backend: str | None = None,
         queue_db: str | Path | None = None,
         poll_s: float = 0.5,
+        group_finalisers: Sequence[GroupFinaliser] = (),
     ) -> None:
         """`devices`: one worker each (default: every GPU, else the CPU); [] runs no worker here, so this
-        process only accepts jobs (other processes or machines on the same ledger run them)."""
+        process only accepts jobs (other processes or machines on the same ledger run them).
+        `group_finalisers`: called as `f(tracking_uri, parent_run_id)` when the last child of a group
+        (a sweep, a layer strip) ends, once per group; see `add_group_finaliser`."""
         if preview_every < 1:
             raise ValueError(f"preview_every must be at least 1, got {preview_every}")
         backend = backend or default_backend()
@@ -174,8 +178,9 @@ class JobQueue:
         self._cancelled: set[str] = set()
         self._rates: dict[str, float] = {}  # device -> measured seconds per GFLOP (exponential mean)
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._finalisers: list[GroupFinaliser] = list(group_finalisers)
         self.recovered, self.orphaned_runs = self._recover(startup=True)
+        self._finalise_ready_groups()
         self._pool_keeps_inputs = self.backend == "thread"  # other workers read the store
         self._pool = _make_backend(self, devices)
         self.devices: list[str] = self._pool.devices
@@ -294,6 +299,44 @@ class JobQueue:
             job = self._jobs.get(run_id)
             if job is not None:
                 self._end(job, "KILLED")
+        self._group_maybe_done(run_id)
+
+    # -- groups (sweeps, layer strips) ---------------------------------------------------------------
+
+    def add_group_finaliser(self, finaliser: GroupFinaliser) -> None:
+        """Call `finaliser(tracking_uri, parent_run_id)` when a group's last child ends (the studies that
+        submit groups register theirs; the app passes them at start-up so a restart finalises too)."""
+        with self._lock:
+            if finaliser not in self._finalisers:
+                self._finalisers.append(finaliser)
+
+    def _group_maybe_done(self, run_id: str) -> None:
+        """The service, not a page, ends a group's parent: once, by whoever ends its last child."""
+        try:
+            parent = tracking.parent_of(self.tracking_uri, run_id)
+            if parent and tracking.group_ready(self.tracking_uri, parent):
+                self._finalise_group(parent)
+        except Exception:
+            log.exception("Could not check the group of run %s", run_id)
+
+    def _finalise_ready_groups(self) -> None:
+        """Groups whose last child ended while no service was there to see it (e.g. across a restart)."""
+        try:
+            for parent in tracking.ready_groups(self.tracking_uri):
+                self._finalise_group(parent)
+        except Exception as e:
+            log.warning("Could not look for groups to finalise: %s", e)
+
+    def _finalise_group(self, parent: str) -> None:
+        with self._lock:
+            finalisers = list(self._finalisers)
+        if not finalisers or not self.ledger.claim_group_end(parent):
+            return
+        for finalise in finalisers:
+            try:
+                finalise(self.tracking_uri, parent)
+            except Exception:
+                log.exception("Could not finalise group %s", parent)
 
     # -- reading progress ----------------------------------------------------------------------------
 
@@ -407,6 +450,8 @@ class JobQueue:
                 else:  # interrupted: queued again
                     job.state, job.step, job.started = "SCHEDULED", 0, None
                 self._cancelled.discard(message.run_id)
+        if isinstance(message, worker.Ended) and message.status in tracking.TERMINAL:
+            self._group_maybe_done(message.run_id)
 
     def _measure(self, work: tuple[float, ...], device: str, steps_done: int, elapsed_s: float) -> None:
         """Fold a batch's seconds per GFLOP into the device's exponential mean (under the lock)."""

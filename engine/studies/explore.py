@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -325,13 +324,11 @@ def submit_strip(
     steps: int = DEFAULT_STEPS,
     seed: int = DEFAULT_SEED,
     experiment: str = tracking.DEFAULT_EXPERIMENT,
-    watch: bool = True,
 ) -> tuple[str, list[tuple[str, str]]]:
     """Submit a strip as one parent run (tags `source=explorer`, `explorer.kind`) and one job per layer
     (`source=explorer`, run name "<kind title>: <label>", tags `explorer.kind`, `explorer.label`,
-    `explorer.index`), all from the same white noise. Returns (parent run id, [(label, child run id)]). With
-    `watch`, a daemon thread ends the parent FINISHED (FAILED/KILLED when no child finished) once every
-    child has ended."""
+    `explorer.index`), all from the same white noise. Returns (parent run id, [(label, child run id)]). When
+    the last child ends, the job service ends the parent (`finalise_group`)."""
     configs = strip_configs(kind, size, steps, seed)
     content_bytes, style_bytes = bytes(content_bytes), bytes(style_bytes)
     images.load_image(content_bytes, name="content image")
@@ -346,8 +343,10 @@ def submit_strip(
     params = {"explorer.kind": kind, "size": str(size), "steps": str(steps), "seed": str(seed),
               "explorer.labels": ",".join(label for label, _ in configs)}  # fmt: skip
     parent = tracking.create_parent_run(
-        uri, experiment, name=f"{KIND_TITLES[kind]} ({size} px, {steps} steps)", params=params, source=SOURCE, tags=tags
-    )
+        uri, experiment, name=f"{KIND_TITLES[kind]} ({size} px, {steps} steps)", params=params, source=SOURCE,
+        tags=tags, size=len(configs),
+    )  # fmt: skip
+    queue.add_group_finaliser(finalise_group)
     children: list[tuple[str, str]] = []
     try:
         # The parent holds the inputs too, so its run page and "clone" work like any run's.
@@ -370,24 +369,14 @@ def submit_strip(
             queue.cancel(run_id)
         tracking.set_run_status(uri, parent, "FAILED", f"submitting {kind} strip failed: {e}")
         raise
-    if watch:
-        threading.Thread(
-            target=_watch, args=(queue, uri, parent, [r for _, r in children]), daemon=True,
-            name=f"stylelab-strip-{parent[:8]}",
-        ).start()  # fmt: skip
     return parent, children
 
 
-def _watch(queue: JobQueue, uri: str, parent: str, run_ids: list[str], poll_s: float = 0.5) -> None:
-    try:
-        while True:
-            states = [queue.progress(r) for r in run_ids]
-            if all(p is None or p.done for p in states):
-                break
-            time.sleep(poll_s)
-        finalise_strip(uri, parent, run_ids)
-    except Exception:
-        log.exception("Could not end strip %s", parent)
+def finalise_group(tracking_uri: str, parent_run_id: str) -> None:
+    """The job service's hook (`JobQueue.add_group_finaliser`): end a strip's parent once its last child
+    has ended; other groups are not ours."""
+    if tracking.load_run(tracking_uri, parent_run_id).tags.get("explorer.role") == "parent":
+        finalise_strip(tracking_uri, parent_run_id, [r for _, r, _ in strip_children(tracking_uri, parent_run_id)])
 
 
 def finalise_strip(tracking_uri: str | None, parent_run_id: str, run_ids: Sequence[str], timeout_s: float = 30) -> str:

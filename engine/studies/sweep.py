@@ -65,6 +65,7 @@ __all__ = [
     "contact_sheet",
     "contact_sheet_size",
     "expand",
+    "finalise_group",
     "finalise_sweep",
     "submit_sweep",
     "sweep_children",
@@ -296,8 +297,8 @@ class SweepChild:
 
 
 class SweepHandle:
-    """A submitted sweep. Its daemon watcher thread waits until every child run has ended, then logs the
-    contact sheet on the parent and ends it (`finalise_sweep`). `wait(timeout)` blocks until then."""
+    """A submitted sweep. The job service ends its parent once every child has ended (`finalise_group`,
+    registered with the queue at submit); `wait(timeout)` watches the parent's status in MLflow."""
 
     def __init__(
         self,
@@ -308,8 +309,6 @@ class SweepHandle:
         children: Sequence[SweepChild],
         *,
         poll_s: float = 0.25,
-        grace_s: float = 30.0,
-        tile: int = 192,
     ) -> None:
         self.queue = queue
         self.tracking_uri: str = queue.tracking_uri
@@ -322,12 +321,8 @@ class SweepHandle:
         self.col_param: str = self.axes[-1].param
         self.row_values: tuple[str, ...] = self.axes[0].values if len(self.axes) == 2 else ()
         self.col_values: tuple[str, ...] = self.axes[-1].values
-        self.status: str | None = None  # the parent's final status, once finalised
-        self.error: BaseException | None = None  # what stopped the watcher, if anything did
-        self._poll_s, self._grace_s, self._tile = poll_s, grace_s, tile
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name=f"stylelab-sweep-{parent_run_id[:8]}", daemon=True)
-        self._thread.start()
+        self.status: str | None = None  # the parent's final status, once it has ended
+        self._poll_s = poll_s
 
     @property
     def run_ids(self) -> list[str]:
@@ -336,11 +331,19 @@ class SweepHandle:
 
     @property
     def done(self) -> bool:
-        return self._done.is_set()
+        if self.status is None:
+            status = tracking.load_run(self.tracking_uri, self.parent_run_id).status
+            self.status = status if status in _TERMINAL else None
+        return self.status is not None
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the parent is finalised (True) or `timeout` seconds pass (False)."""
-        return self._done.wait(timeout)
+        """Block until the parent has ended (True) or `timeout` seconds pass (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.done:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(self._poll_s)
+        return True
 
     def cancel(self) -> None:
         """Cancel every child still queued or running; the parent then ends KILLED."""
@@ -349,34 +352,6 @@ class SweepHandle:
     def grid(self, *, with_images: bool = True) -> SweepGrid:
         """The labelled grid now, live from the queue (see `sweep_grid`)."""
         return sweep_grid(self.tracking_uri, self.parent_run_id, queue=self.queue, with_images=with_images)
-
-    def _watch(self) -> None:
-        try:
-            while not self._all_over_in_queue():
-                time.sleep(self._poll_s)
-            # The queue marks a cancelled queued job over before its run's KILLED status reaches MLflow.
-            deadline = time.monotonic() + self._grace_s
-            while time.monotonic() < deadline:
-                statuses = sweep_children(self.tracking_uri, self.parent_run_id, self.experiment)["status"]
-                if len(statuses) >= len(self.children) and statuses.isin(_TERMINAL).all():
-                    break
-                time.sleep(self._poll_s)
-            self.status = finalise_sweep(self.tracking_uri, self.parent_run_id, force=True, tile=self._tile)
-        except Exception as e:  # a daemon thread: keep the reason for the caller
-            self.error = e
-            log.exception("The watcher of sweep %s stopped", self.parent_run_id)
-        finally:
-            self._done.set()
-
-    def _all_over_in_queue(self) -> bool:
-        for child in self.children:
-            progress = self.queue.progress(child.run_id)
-            if progress is None:  # the queue forgot it (or never had it): ask MLflow
-                if tracking.load_run(self.tracking_uri, child.run_id).status not in _TERMINAL:
-                    return False
-            elif not progress.done:
-                return False
-        return True
 
 
 def submit_sweep(
@@ -388,15 +363,14 @@ def submit_sweep(
     *,
     name: str | None = None,
     experiment: str = tracking.DEFAULT_EXPERIMENT,
-    tile: int = 192,
     poll_s: float = 0.25,
 ) -> SweepHandle:
     """Submit one parent run and one child run per setting of `expand(base, axes)` (same inputs and
     seed, unless swept), in row-major order, and return at once. Settings that can share a batch run as
     batches of at most `MAX_BATCH` (tags `batch.size`, `batch.index`); the others as separate jobs.
     InputError, with nothing logged, when an axis, a value or an image is wrong or the store is
-    unreachable. A daemon thread then waits for the children and finalises the parent (contact sheet,
-    status); see `SweepHandle`."""
+    unreachable. When the last child ends, the job service finalises the parent (contact sheet, status:
+    `finalise_group`)."""
     axes = list(axes)
     settings = expand(base, axes)
     styles = tuple(bytes(s) for s in styles)
@@ -430,9 +404,11 @@ def submit_sweep(
     if name is None:
         name = f"sweep {' x '.join(axis.param for axis in axes)} ({'x'.join(str(len(a.values)) for a in axes)})"
     try:
-        parent = tracking.create_parent_run(uri, experiment, name=name, params=params, source="sweep", tags=tags)
+        parent = tracking.create_parent_run(uri, experiment, name=name, params=params, source="sweep", tags=tags,
+                                            size=len(settings))  # fmt: skip
     except Exception as e:
         raise InputError(f"Cannot create the sweep's run in the MLflow store {uri}: {e}") from e
+    queue.add_group_finaliser(finalise_group)
     batches = _batches([config for _, config in settings], functools.partial(_fits, queue, content_size))
     batch_tags = {
         index: {"batch.size": str(len(batch)), "batch.index": str(number)}
@@ -471,7 +447,7 @@ def submit_sweep(
             log.exception("Could not end sweep %s FAILED", parent)
         raise
     children = [SweepChild(run_ids[index], labels, *divmod(index, cols)) for index, (labels, _) in enumerate(settings)]
-    return SweepHandle(queue, parent, experiment, axes, children, poll_s=poll_s, tile=tile)
+    return SweepHandle(queue, parent, experiment, axes, children, poll_s=poll_s)
 
 
 def cancel_sweep(
@@ -703,6 +679,13 @@ def sweep_grid(
 # Ending a sweep
 
 _finalise_lock = threading.Lock()
+
+
+def finalise_group(tracking_uri: str, parent_run_id: str) -> None:
+    """The job service's hook (`JobQueue.add_group_finaliser`): end a sweep's parent once its last child
+    has ended; other groups are not ours."""
+    if tracking.load_run(tracking_uri, parent_run_id).tags.get("sweep.role") == "parent":
+        finalise_sweep(tracking_uri, parent_run_id, force=True)
 
 
 def finalise_sweep(tracking_uri: str | None, parent_run_id: str, *, force: bool = False, tile: int = 192) -> str:

@@ -10,7 +10,14 @@ from mlflow.entities import Param, RunTag
 from PIL import Image
 
 from engine.tracking.orphans import process_start, worker_id
-from engine.tracking.schema import _MAX_TAG_LENGTH, DEFAULT_EXPERIMENT, TERMINAL
+from engine.tracking.schema import (
+    _MAX_TAG_LENGTH,
+    CANCEL_TAG,
+    DEFAULT_EXPERIMENT,
+    GROUP_ROLE_TAG,
+    GROUP_SIZE_TAG,
+    TERMINAL,
+)
 from engine.tracking.store import get_or_create_experiment, resolve_tracking_uri
 
 # --------------------------------------------------------------------------------------------------
@@ -25,10 +32,13 @@ def create_parent_run(
     params: dict[str, str] | None = None,
     source: str = "sweep",
     tags: dict[str, str] | None = None,
+    size: int,
 ) -> str:
-    """A RUNNING parent run for a sweep; its children pass `parent_run_id=` to `RunTracker`."""
+    """A RUNNING parent run of a group (a sweep, a layer strip) of `size` children, which pass
+    `parent_run_id=` when they are created. The job service ends it once all `size` have ended
+    (`group_ready`); a parent's state follows its children, so no orphan check ever fails it."""
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
-    run_tags = {"source": source, "worker": worker_id()}
+    run_tags = {"source": source, "worker": worker_id(), GROUP_ROLE_TAG: "parent", GROUP_SIZE_TAG: str(size)}
     if start := process_start(os.getpid()):
         run_tags["worker_start"] = start
     run = client.create_run(
@@ -76,7 +86,36 @@ def log_run_image(
         client.log_image(run_id, image, key=key, step=step, synchronous=True)
 
 
-CANCEL_TAG = "cancel_requested"
+def parent_of(tracking_uri: str | None, run_id: str) -> str | None:
+    """The run's parent run id, when it is a child of a group."""
+    return MlflowClient(resolve_tracking_uri(tracking_uri)).get_run(run_id).data.tags.get("mlflow.parentRunId")
+
+
+def group_ready(tracking_uri: str | None, parent_run_id: str) -> bool:
+    """Whether a group's parent is still RUNNING and all of its `group.size` children have ended: the
+    moment to finalise it, once."""
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    parent = client.get_run(parent_run_id)
+    size = parent.data.tags.get(GROUP_SIZE_TAG, "")
+    if parent.info.status != "RUNNING" or not size.isdigit():
+        return False
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000
+    )
+    return sum(c.info.status in TERMINAL for c in children) >= int(size)
+
+
+def ready_groups(tracking_uri: str | None, experiment: str = DEFAULT_EXPERIMENT) -> list[str]:
+    """Parents of groups whose children have all ended, but that nobody finalised (e.g. the app stopped
+    between the last child and its parent)."""
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    parents = client.search_runs(
+        [exp.experiment_id], f"attributes.status = 'RUNNING' AND tags.`{GROUP_ROLE_TAG}` = 'parent'", max_results=1000
+    )
+    return [p.info.run_id for p in parents if group_ready(tracking_uri, p.info.run_id)]
 
 
 def request_cancel(tracking_uri: str | None, run_id: str) -> None:

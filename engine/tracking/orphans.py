@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from engine.tracking.schema import DEFAULT_EXPERIMENT
+from engine.tracking.schema import DEFAULT_EXPERIMENT, GROUP_ROLE_TAG
 from engine.tracking.store import resolve_tracking_uri
 
 
@@ -60,7 +60,7 @@ def mark_orphaned_runs(
     orphaned = []
     kept = keep([run.info.run_id for run in runs]) if runs else set()
     for run in runs:
-        if run.info.run_id in kept:
+        if run.info.run_id in kept or run.data.tags.get(GROUP_ROLE_TAG) == "parent":
             continue
         worker = run.data.tags.get("worker", "")
         run_host, _, pid_text = worker.rpartition(":")

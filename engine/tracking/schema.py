@@ -17,3 +17,6 @@ _MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for log_batch
 _MAX_TAG_LENGTH = 5000
 ACTIVE = ("SCHEDULED", "RUNNING")
 STATUSES = (*ACTIVE, *TERMINAL)
+CANCEL_TAG = "cancel_requested"  # set on a run to stop it, read by whichever worker runs it
+GROUP_ROLE_TAG = "group.role"  # "parent" on a sweep's or a layer strip's parent run
+GROUP_SIZE_TAG = "group.size"  # how many children the parent waits for
