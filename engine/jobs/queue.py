@@ -266,6 +266,7 @@ class JobQueue:
             raise
         with self._lock:
             self._wake.notify_all()
+        self._pool.notify()
         return run_ids
 
     def cancel(self, run_id: str) -> bool:
@@ -662,21 +663,30 @@ class _Threads:
         for thread in self._threads:
             thread.start()
 
+    def notify(self) -> None:
+        pass  # the queue's condition already wakes its threads
+
     def stop(self, wait: bool) -> None:
         if wait:
             for thread in self._threads:
                 thread.join()
 
 
-def _serve_in_child(ledger_file: str, tracking_uri: str, device: str, stop, messages, preview_every: int,
+def _serve_in_child(ledger_file: str, tracking_uri: str, device: str, stop, wake, messages, preview_every: int,
                     fallback_dir: str | None, poll_s: float, torch_threads: int | None) -> None:  # fmt: skip
-    """A child process's main: the same `serve` loop, its messages sent to the parent."""
+    """A child process's main: the same `serve` loop, its messages sent to the parent. `wake` is set by
+    the parent on every submit, so a waiting worker claims at once instead of at its next poll (jobs
+    queued by other processes are seen at the poll)."""
     if torch_threads:
         torch.set_num_threads(torch_threads)
     parent = os.getppid()
+
+    def wait() -> None:
+        wake.wait(poll_s)
+        wake.clear()  # a submit after this is still seen: the loop claims from the ledger next
+
     serve(Ledger(ledger_file), tracking_uri, device, stop=lambda: stop.is_set() or os.getppid() != parent,
-          publish=messages.put, wait=lambda: stop.wait(poll_s), preview_every=preview_every,
-          fallback_dir=fallback_dir)  # fmt: skip
+          publish=messages.put, wait=wait, preview_every=preview_every, fallback_dir=fallback_dir)  # fmt: skip
 
 
 class _Processes:
@@ -690,12 +700,13 @@ class _Processes:
         self.devices = _local_devices(devices)
         context = multiprocessing.get_context("spawn")
         self._stop = context.Event()
+        self._wake = context.Event()
         self._messages = context.Queue()
         threads = os.environ.get("STYLELAB_WORKER_THREADS")
         self._children = [
             context.Process(
                 target=_serve_in_child,
-                args=(str(queue.ledger.path), queue.tracking_uri, device, self._stop, self._messages,
+                args=(str(queue.ledger.path), queue.tracking_uri, device, self._stop, self._wake, self._messages,
                       queue.preview_every, queue.fallback_dir, queue.poll_s, int(threads) if threads else None),
                 name=f"stylelab-worker-{device}",
                 daemon=True,
@@ -725,8 +736,12 @@ class _Processes:
             except Exception:
                 log.exception("Could not apply a worker message")
 
+    def notify(self) -> None:
+        self._wake.set()
+
     def stop(self, wait: bool) -> None:
         self._stop.set()
+        self._wake.set()
         if wait:
             for child in self._children:
                 child.join(timeout=120)

@@ -1,14 +1,14 @@
-"""What the Ray backend costs per job against the thread backend: N tiny jobs (size 32, 3 steps), run one
+"""What each job backend costs per job (thread, process, Ray): N tiny jobs (size 32, 3 steps), run one
 after the other through `JobQueue.submit`, on a fresh SQLite store.
 
 - first step: submit to the timestamp of step 1's `cost/total` point in MLflow;
 - overhead: submit to the run's end time in MLflow, minus its optimisation (`time/total_seconds`).
 
 The Ray side starts its own local head (2 CPUs, 127.0.0.1 only, token auth), like tests/test_ray.py.
-Its first job includes starting a Ray worker (importing torch, loading VGG19): shown apart as "cold".
-One torch thread on both sides (a Ray task with num_cpus=1 gets one).
+The first job of the process and Ray backends includes starting their worker (importing torch, loading
+VGG19): shown apart as "cold". One torch thread everywhere (a Ray task with num_cpus=1 gets one).
 
-    .venv/bin/python benchmarks/ray_overhead.py [N]
+    .venv/bin/python benchmarks/job_overhead.py [N]
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         results = {}
-        for backend in ("thread", "ray"):
+        os.environ["STYLELAB_WORKER_THREADS"] = "1"  # the process backend's child
+        for backend in ("thread", "process", "ray"):
             (folder / backend).mkdir()
             uri = f"sqlite:///{folder / backend / 'mlflow.db'}"
             if backend == "ray":
@@ -128,6 +129,8 @@ def main() -> None:
     print("| backend | submit → first step | overhead (submit → FINISHED − time/total_seconds) | jobs |")
     print("|---|---|---|---|")
     print(row("thread (warm)", results["thread"]))
+    print(row("process, first job (cold worker)", results["process"][:1]))
+    print(row("process, later jobs (warm worker)", results["process"][1:]))
     print(row("ray, first job (cold worker)", results["ray"][:1]))
     print(row("ray, later jobs (warm worker)", results["ray"][1:]))
 
