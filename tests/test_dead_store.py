@@ -15,14 +15,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from browser_helpers import BROWSER_TEST, shot
 from conftest import free_port
 from mlflow import MlflowClient
 from PIL import Image
 
 from engine import tracking
 from engine.core.config import TransferConfig
-from engine.jobs import JobQueue, JobSpec, tracked_transfer
+from engine.jobs import tracked_transfer
 
 ROOT = Path(__file__).resolve().parents[1]
 MLFLOW = Path(sys.executable).parent / "mlflow"
