@@ -15,13 +15,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from browser_helpers import BROWSER_TEST, shot
 from conftest import free_port
 from mlflow import MlflowClient
 from PIL import Image
 
 from engine import tracking
 from engine.core.config import TransferConfig
-from engine.jobs import tracked_transfer
+from engine.jobs import JobQueue, JobSpec, tracked_transfer
 
 ROOT = Path(__file__).resolve().parents[1]
 MLFLOW = Path(sys.executable).parent / "mlflow"
@@ -142,3 +143,108 @@ def test_a_run_whose_server_died_is_written_back_finished_with_every_step_once(
     assert "already written back" in again
     assert _steps(client, run_id, "cost/total") == every
     assert tracking.pending_write_backs(unsaved, server.uri) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# The real app, its tracking server killed mid-run and started again
+
+BROWSER_CONFIG = TransferConfig(size=48, steps=200, coarse_levels=0)  # ~10 s: long enough to kill mid-run
+DOWN_TEXT = "does not answer"
+ANSWER_WITHIN_MS = 10_000
+
+
+def _start_app(server: MlflowServer, tmp_path: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": server.uri, "PYTHONPATH": str(ROOT), "STYLELAB_BACKEND": "process",
+        "STYLELAB_WORKER_THREADS": "1", "STYLELAB_UNSAVED_DIR": str(tmp_path / "unsaved"),
+        "STYLELAB_QUEUE_DB": str(tmp_path / "queue.db"), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _answer_time(page, url: str, text: str, timeout_ms: int = ANSWER_WITHIN_MS) -> float:
+    """Seconds from opening `url` until `text` shows (fails after `timeout_ms`)."""
+    start = time.monotonic()
+    page.goto(url)
+    page.get_by_text(text).first.wait_for(timeout=timeout_ms)
+    return time.monotonic() - start
+
+
+def _browser_test(test):
+    for mark in BROWSER_TEST:  # slow, and skipped without Chromium
+        test = mark(test)
+    return test
+
+
+@_browser_test
+def test_the_app_answers_while_its_server_is_down_and_writes_the_run_back_when_it_returns(
+    server, content_png, style_png, browser, tmp_path
+):
+    log = tmp_path / "app.log"
+    app, url = _start_app(server, tmp_path, log)
+    try:
+        page = browser.new_page()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                page.goto(url)
+                break
+            except Exception:
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.5)
+        page.get_by_text("Upload a content image").wait_for(timeout=60_000)  # the app's queue is up
+
+        submitter = JobQueue(server.uri, devices=[], backend="thread", queue_db=tmp_path / "queue.db",
+                             fallback_dir=tmp_path / "submitter-unsaved")  # fmt: skip
+        run_id = submitter.submit(JobSpec(config=BROWSER_CONFIG, content=content_png, styles=(style_png,)))
+        submitter.shutdown()
+        client = MlflowClient(server.uri)
+        deadline = time.monotonic() + 120
+        while not client.get_metric_history(run_id, "cost/total"):  # mid-run, the first batch logged
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        server.kill()
+
+        timings = {
+            "/runs": _answer_time(page, f"{url}/runs", DOWN_TEXT),
+            "/runs?run=<id>": _answer_time(page, f"{url}/runs?run={run_id}", DOWN_TEXT),
+            "/compare?runs=<id>,<id>": _answer_time(page, f"{url}/compare?runs={run_id},{run_id[::-1]}", DOWN_TEXT),
+            "/sweep?run=<id>": _answer_time(page, f"{url}/sweep?run={run_id}", DOWN_TEXT),
+            "/layers": _answer_time(page, f"{url}/layers", DOWN_TEXT),
+        }
+        print("answered with the server down (s):", {k: round(v, 2) for k, v in timings.items()})
+        assert all(t < ANSWER_WITHIN_MS / 1000 for t in timings.values()), timings
+
+        page.goto(f"{url}/runs?run={run_id}")  # the run ends while the server is down: where it was saved
+        folder = f"unsaved/{run_id}"
+        page.get_by_text(folder).first.wait_for(timeout=120_000)
+        page.get_by_text(DOWN_TEXT).first.wait_for(timeout=5_000)
+        shot(page, "dead-store-run-saved-locally")
+        assert (tmp_path / folder / "result.png").is_file()
+
+        server.start()  # the same database and artifacts: the app writes the run back
+        deadline = time.monotonic() + 60
+        while client.get_run(run_id).info.status != "FINISHED":
+            assert time.monotonic() < deadline, (client.get_run(run_id).info.status, log.read_text()[-3000:])
+            time.sleep(0.5)
+        every = list(range(1, BROWSER_CONFIG.steps + 1))
+        assert _steps(client, run_id, "cost/total") == every
+        assert {"result.png", "thumbnail.png"} <= {f.path for f in client.list_artifacts(run_id)}
+        assert tracking.is_written_back(tmp_path / folder)
+
+        fresh = browser.new_page()
+        fresh.goto(f"{url}/runs?run={run_id}")
+        fresh.get_by_text("Download result.png").wait_for(timeout=30_000)
+        fresh.get_by_text("result G").first.wait_for(timeout=5_000)
+        shot(fresh, "dead-store-written-back")
+        fresh.close()
+        page.close()
+    finally:
+        os.killpg(app.pid, signal.SIGTERM)
+        app.wait(timeout=60)

@@ -108,7 +108,8 @@ def waiting_view(run_id: str) -> None:
                     text=f"step {progress.step} of {progress.total_steps} (computed here; not logged while the "
                     "store is down)")  # fmt: skip
     elif progress is not None:
-        st.info(f"This run ended {progress.state.lower()} on this server.")
+        ended = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "was cancelled"}.get(progress.state, "ended")
+        st.info(f"This run {ended} on this server{f': {visitor_text(progress.error)}' if progress.error else '.'}")
     if saved:
         st.info(
             f"{saved} It is written back to MLflow (metrics, result, status) when the store answers again; "

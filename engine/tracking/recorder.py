@@ -58,7 +58,13 @@ from engine.tracking.schema import (
     SOURCES,
     THUMBNAIL_SIZE,
 )
-from engine.tracking.store import default_fallback_root, get_or_create_experiment, resolve_tracking_uri, short_error
+from engine.tracking.store import (
+    default_fallback_root,
+    get_or_create_experiment,
+    resolve_tracking_uri,
+    short_error,
+    store_error_reason,
+)
 
 
 def _device_tags(device: str | torch.device | None) -> dict[str, str]:
@@ -178,8 +184,9 @@ class RunRecorder:
     metrics (a `log_batch` every `flush_every` steps) and renders a snapshot every `snapshot_every`
     steps and at the last step. When the store fails mid-run, the recorder stops writing, keeps every
     metric in memory, and the end (`finish`, `fail`, `cancel`) saves result.png, config.json and
-    metrics.json in `fallback_dir/<run_id>/`, saying where in `warning`. What already reached the
-    store stays there.
+    metrics.json (every metric, tag and the end status) in `fallback_dir/<run_id>/`, snapshots in its
+    `images/`, saying where in `warning`. What already reached the store stays there;
+    `tracking.write_back` logs the rest and ends the run once the store answers again.
 
     Used as a context manager, an exception ends the run FAILED (KILLED for KeyboardInterrupt) with
     the reason in tag `failure_reason`, and the exception propagates. Call its methods from the thread
@@ -528,7 +535,7 @@ class RunRecorder:
         in_store = f"metrics of steps 1–{n} are in MLflow" if n else "no step's metrics reached MLflow"
         self.warning = (
             f"The MLflow store at {self.tracking_uri} failed during run {self.run_id} "
-            f"({short_error(self.error)}). The {saved} were saved in {folder} instead; {in_store}."
+            f"({store_error_reason(self.error)}). The {saved} were saved in {folder} instead; {in_store}."
         )
 
     # -- reading back (for tests and the live view) -------------------------------------------------

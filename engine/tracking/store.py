@@ -182,6 +182,15 @@ def _why(e: BaseException, timeout_s: float) -> str:
     return short_error(e, 200)
 
 
+def store_error_reason(e: BaseException | None) -> str:
+    """Why a store call failed, in a few words ("connection refused (is the server running?)", "no
+    answer within 5 s") when it is a connection failure, else the error shortened."""
+    if e is None:
+        return "no error"
+    words = _why(e, http_timeout_s())
+    return words if words != short_error(e, 200) else short_error(e)
+
+
 def short_error(e: BaseException, limit: int = 300) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
