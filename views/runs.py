@@ -78,7 +78,7 @@ def saved_locally(run_id: str) -> str | None:
     progress = queue.progress(run_id)
     if progress is not None and progress.done and progress.warning:
         return visitor_text(progress.warning)
-    folder = Path(queue.fallback_dir) / run_id
+    folder = queue.fallback_root / run_id
     if (folder / "metrics.json").is_file() and not tracking.is_written_back(folder):
         return visitor_text(
             f"The tracking store failed during this run; its result, config and metrics were saved in {folder}."

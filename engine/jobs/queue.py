@@ -164,7 +164,8 @@ class JobQueue:
         self.name = f"q{next(self._ids)}"  # names its worker threads
         self.tracking_uri: str = tracking.resolve_tracking_uri(tracking_uri)
         self.preview_every = preview_every
-        self.fallback_dir = str(tracking.default_fallback_root(fallback_dir))  # one folder for every worker
+        self.fallback_dir = str(fallback_dir) if fallback_dir is not None else None
+        self.fallback_root = tracking.default_fallback_root(fallback_dir)  # where local workers save runs
         self.keep_finished = keep_finished
         self.poll_s = poll_s
         self.ledger = Ledger(queue_db or ledger_path(self.tracking_uri))
@@ -221,7 +222,7 @@ class JobQueue:
         """When the store answers, write back every run saved under the fallback folder while it was
         down (`tracking.write_back`: metrics, result, tags, then its saved status); return their run ids.
         Its job here then drops the warning that said where the result was saved."""
-        folders = tracking.pending_write_backs(self.fallback_dir, self.tracking_uri)
+        folders = tracking.pending_write_backs(self.fallback_root, self.tracking_uri)
         if not folders:
             return []
         try:
