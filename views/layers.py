@@ -17,7 +17,16 @@ from engine.core.config import GATYS_STYLE_LAYERS
 from engine.core.errors import InputError
 from engine.core.vgg import LAYER_NAMES
 from engine.studies import explore
-from views.common import UPLOAD_LIMITS, UPLOAD_TYPES, input_error, job_queue, tracking_uri, visitor_text
+from views.common import (
+    UPLOAD_LIMITS,
+    UPLOAD_TYPES,
+    input_error,
+    job_queue,
+    store_down,
+    store_failed,
+    tracking_uri,
+    visitor_text,
+)
 
 ACTIVE = ("SCHEDULED", "RUNNING")
 RELU_LAYERS = [name for name in LAYER_NAMES if name.startswith("relu")]
@@ -49,6 +58,8 @@ def _gram(data: bytes, layer: str, size: int):
 
 def recent_runs() -> pd.DataFrame:
     """Finished single runs (no sweep or strip parents), newest first."""
+    if store_down():
+        return pd.DataFrame(columns=["run_id", "run_name"])
     try:
         runs = tracking.list_runs(tracking_uri(), tracking.DEFAULT_EXPERIMENT, "attributes.status = 'FINISHED'", 50)
     except Exception:  # an unreadable store only hides the list
@@ -104,8 +115,13 @@ def strip_view(parent_id: str) -> bool:
 
 @st.fragment(run_every=1.0)
 def live_strip(parent_id: str) -> None:
-    # every layer ended, and the job service has ended the parent: show the finished strip
-    if not strip_view(parent_id) and tracking.load_run(tracking_uri(), parent_id).status not in ACTIVE:
+    try:
+        going = strip_view(parent_id)
+        # every layer ended, and the job service has ended the parent: show the finished strip
+        ended = not going and tracking.load_run(tracking_uri(), parent_id).status not in ACTIVE
+    except Exception as exc:
+        store_failed(exc)
+    if ended:
         st.rerun()
     if st.button("Cancel this strip", key=f"cancel_{parent_id}"):
         for _, run_id, _ in explore.strip_children(tracking_uri(), parent_id):
@@ -113,6 +129,9 @@ def live_strip(parent_id: str) -> None:
 
 
 def show_strip(parent_id: str) -> None:
+    if store_down():
+        st.caption(f"Strip `{parent_id}` shows again when the tracking store is back.")
+        return
     try:
         parent = tracking.load_run(tracking_uri(), parent_id)
     except InputError as exc:
@@ -122,7 +141,10 @@ def show_strip(parent_id: str) -> None:
     if parent.status in ACTIVE:
         live_strip(parent_id)
     else:
-        strip_view(parent_id)
+        try:
+            strip_view(parent_id)
+        except Exception as exc:
+            store_failed(exc)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -134,6 +156,8 @@ st.caption(
     "Sizes are small by default so this fits a CPU."
 )
 
+if down := store_down():
+    st.warning(f"{down} Uploads work here meanwhile.", icon=":material/cloud_off:")
 runs = recent_runs()
 left, middle, right = st.columns(3)
 with left:
@@ -152,6 +176,8 @@ if source_run and (content_bytes is None or style_bytes is None):
     try:
         run_inputs = tracking.load_inputs(tracking_uri(), source_run)
     except InputError as exc:
+        if store_down(fresh=True):
+            store_failed(exc)
         input_error(exc)
     content_bytes = content_bytes or run_inputs.content.png
     style_bytes = style_bytes or run_inputs.styles[0].png

@@ -21,6 +21,8 @@ from views.common import (
     job_queue,
     live_history,
     mlflow_ui_base,
+    store_down,
+    store_failed,
     tracking_uri,
     visitor_text,
 )
@@ -33,9 +35,15 @@ STATUS_ICON = {
 
 
 def run_page(run_id: str) -> None:
+    if store_down():
+        waiting_view(run_id)
+        return
     try:
         run = tracking.load_run(tracking_uri(), run_id)
     except InputError as exc:
+        if store_down(fresh=True):  # it died since the check
+            waiting_view(run_id)
+            return
         input_error(exc)
     if run.tags.get("sweep.role") == "parent":  # a sweep's parent has a grid, not one image
         st.switch_page("views/sweep.py", query_params={"run": run_id})
@@ -48,13 +56,70 @@ def run_page(run_id: str) -> None:
         f"[open in the MLflow UI]({links.runs[run_id]})"
     )
     if run.status in ACTIVE:
-        live_view(run_id, run.params)
+        if saved_locally(run_id):  # over, but its store failed: not written back yet
+            waiting_view(run_id)
+        else:
+            live_view(run_id, run.params)
         return
     if run.status == "FAILED":
         st.error(f"This run failed: {visitor_text(run.tags.get('failure_reason', 'no reason was recorded'))}")
     elif run.status == "KILLED":
         st.warning("This run was cancelled; the result is the best image before it stopped.")
-    finished_view(run)
+    try:
+        finished_view(run)
+    except Exception as exc:
+        store_failed(exc)
+
+
+def saved_locally(run_id: str) -> str | None:
+    """Where this server saved the run, when it is over but its store failed during it and it is not
+    written back yet: the worker's warning (it names the folder), else the folder found on disk."""
+    queue = job_queue()
+    progress = queue.progress(run_id)
+    if progress is not None and progress.done and progress.warning:
+        return visitor_text(progress.warning)
+    folder = queue.fallback_root / run_id
+    if (folder / "metrics.json").is_file() and not tracking.is_written_back(folder):
+        return visitor_text(
+            f"The tracking store failed during this run; its result, config and metrics were saved in {folder}."
+        )
+    return None
+
+
+@st.fragment(run_every=2.0)
+def waiting_view(run_id: str) -> None:
+    """A run this page cannot read from the store (down), or whose record waits to be written back:
+    what this server knows of it. Reruns the page once the store has the run again."""
+    down = store_down()
+    saved = saved_locally(run_id)
+    if not down:
+        try:
+            terminal = tracking.load_run(tracking_uri(), run_id).status not in ACTIVE
+        except InputError:
+            terminal = False
+        if terminal or not saved:
+            st.rerun()
+    st.title(f"Run {run_id[:8]}")
+    if down:
+        st.warning(down, icon=":material/cloud_off:")
+    progress = job_queue().progress(run_id)
+    if progress is not None and not progress.done:
+        st.progress(progress.step / progress.total_steps,
+                    text=f"step {progress.step} of {progress.total_steps} (computed here; not logged while the "
+                    "store is down)")  # fmt: skip
+    elif progress is not None:
+        ended = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "was cancelled"}.get(progress.state, "ended")
+        st.info(f"This run {ended} on this server{f': {visitor_text(progress.error)}' if progress.error else '.'}")
+    if saved:
+        st.info(
+            f"{saved} It is written back to MLflow (metrics, result, status) when the store answers again; "
+            "this page then shows it.",
+            icon=":material/save:",
+        )
+    if progress is not None and progress.image is not None:
+        st.image(progress.image, caption="result G" if progress.done else f"G at step {progress.step}", width=384)
+    elif progress is None and not saved:
+        st.caption("This server does not compute this run; its page shows again when the store is back.")
 
 
 @st.fragment(run_every=1.0)
@@ -62,14 +127,17 @@ def live_view(run_id: str, params: dict[str, str]) -> None:
     """Progress of a queued or running job; reruns the page once the run is over."""
     progress = job_queue().progress(run_id)
     if progress is None:  # computed by another worker process: show what MLflow holds
-        run = tracking.load_run(tracking_uri(), run_id)
+        try:
+            run = tracking.load_run(tracking_uri(), run_id)
+            history = tracking.metric_history(tracking_uri(), run_id)
+            snapshots = tracking.image_steps(tracking_uri(), run_id)
+        except Exception as exc:
+            store_failed(exc)
         if run.status not in ACTIVE:
             st.rerun()
-        history = tracking.metric_history(tracking_uri(), run_id)
         total = TransferConfig.from_params(run.params).total_steps
         step = int(history.index.max()) if not history.empty else 0
         st.progress(step / total, text=f"step {step} of {total} (from MLflow; another worker computes this run)")
-        snapshots = tracking.image_steps(tracking_uri(), run_id)
         if snapshots:
             st.image(snapshots[-1][1], caption=f"G at step {snapshots[-1][0]}", width=384)
         cost_chart(cost_contributions(history, params))
@@ -133,7 +201,13 @@ def finished_view(run: tracking.RunSummary) -> None:
 
 def history_page() -> None:
     st.title("Runs")
-    runs = tracking.list_runs(tracking_uri(), tracking.DEFAULT_EXPERIMENT)
+    if down := store_down():
+        st.warning(down, icon=":material/cloud_off:")
+        st.stop()
+    try:
+        runs = tracking.list_runs(tracking_uri(), tracking.DEFAULT_EXPERIMENT)
+    except Exception as exc:
+        store_failed(exc)
     if runs.empty:
         st.info("No runs yet. Start one in the studio.")
         st.page_link("views/studio.py", label="Open the studio", icon=":material/palette:")

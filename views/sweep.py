@@ -6,7 +6,7 @@ import streamlit as st
 from engine import tracking
 from engine.core.errors import InputError
 from engine.studies import sweep
-from views.common import input_error, job_queue, tracking_uri, visitor_text
+from views.common import input_error, job_queue, store_down, store_failed, tracking_uri, visitor_text
 
 ACTIVE = ("SCHEDULED", "RUNNING")
 
@@ -36,7 +36,11 @@ def live_grid(parent_id: str) -> None:
     try:
         grid = sweep.sweep_grid(tracking_uri(), parent_id, queue=job_queue())
     except InputError as exc:
+        if store_down(fresh=True):
+            store_failed(exc)
         input_error(exc)
+    except Exception as exc:
+        store_failed(exc)
     if grid.status not in ACTIVE:
         st.rerun()
     counts = ", ".join(f"{n} {status.lower()}" for status, n in grid.counts().items() if n)
@@ -51,9 +55,14 @@ if not parent_id:
     st.info("Start a sweep from the studio: open 'Sweep' under the settings.")
     st.page_link("views/studio.py", label="Open the studio", icon=":material/palette:")
     st.stop()
+if down := store_down():
+    st.warning(down, icon=":material/cloud_off:")
+    st.stop()
 try:
     parent = tracking.load_run(tracking_uri(), parent_id)
 except InputError as exc:
+    if store_down(fresh=True):
+        store_failed(exc)
     input_error(exc)
 if "sweep.axes" not in parent.params:  # e.g. a single run's id: say so, and link to its own page
     st.error(f"Run `{parent_id}` is not a sweep: this page shows the parent run of a sweep.", icon="⚠️")
@@ -68,7 +77,10 @@ if parent.status in ACTIVE:
 
 if parent.status == "FAILED":
     st.error(visitor_text(parent.tags.get("failure_reason", "The sweep failed.")))
-children = sweep.sweep_children(tracking_uri(), parent_id)
+try:
+    children = sweep.sweep_children(tracking_uri(), parent_id)
+except Exception as exc:
+    store_failed(exc)
 if len(children) >= 2:
     st.page_link("views/compare.py", label="Open all runs in the compare page", icon=":material/compare:",
                  query_params={"runs": ",".join(children["run_id"])})  # fmt: skip
@@ -79,4 +91,8 @@ except InputError:
 try:
     grid_view(sweep.sweep_grid(tracking_uri(), parent_id))
 except InputError as exc:
+    if store_down(fresh=True):
+        store_failed(exc)
     input_error(exc)
+except Exception as exc:
+    store_failed(exc)

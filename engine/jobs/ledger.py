@@ -55,6 +55,13 @@ def owner_id(pid: int | None = None) -> str:
     return f"{socket.gethostname()}:{pid}:{process_start(pid) or ''}"
 
 
+def owner_pid(owner: str) -> int | None:
+    """The pid in an owner id of this host, else None."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    return int(pid_text) if host == socket.gethostname() and pid_text.isdigit() else None
+
+
 def _owner_alive(owner: str) -> bool | None:
     """True or False for an owner on this host; None for another host's (only its heartbeat tells)."""
     host, _, rest = owner.partition(":")
@@ -179,6 +186,12 @@ class Ledger:
     def state(self, run_id: str) -> str | None:
         with self._connect() as db:
             row = db.execute("SELECT state FROM jobs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def owner(self, run_id: str) -> str | None:
+        """Who holds a running job (see `owner_id`), else None."""
+        with self._connect() as db:
+            row = db.execute("SELECT owner FROM jobs WHERE run_id = ? AND state = 'running'", (run_id,)).fetchone()
         return None if row is None else row[0]
 
     def attempts(self, run_id: str) -> int:

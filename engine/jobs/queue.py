@@ -42,7 +42,7 @@ from engine.core.images import InputImage, Inputs
 from engine.core.plan import estimate_seconds, gflop_per_step
 from engine.core.transfer import check_batchable
 from engine.jobs import worker
-from engine.jobs.ledger import MAX_ATTEMPTS, Claim, Ledger, ledger_path, owner_id
+from engine.jobs.ledger import MAX_ATTEMPTS, Claim, Ledger, ledger_path, owner_id, owner_pid
 
 __all__ = ["BACKENDS", "JobProgress", "JobQueue", "JobSpec", "default_backend"]
 
@@ -54,6 +54,7 @@ RATE_SMOOTHING = 0.3  # weight of the newest run in the exponential mean of seco
 HEARTBEAT_S = 5.0
 CANCEL_POLL_S = 1.0  # how often a worker asks the store whether its jobs were cancelled
 RECOVER_EVERY_S = 10.0
+WRITE_BACK_EVERY_S = 10.0  # how often runs saved locally while the store was down are written back
 
 
 def default_backend() -> str:
@@ -168,6 +169,7 @@ class JobQueue:
         self.tracking_uri: str = tracking.resolve_tracking_uri(tracking_uri)
         self.preview_every = preview_every
         self.fallback_dir = str(fallback_dir) if fallback_dir is not None else None
+        self.fallback_root = tracking.default_fallback_root(fallback_dir)  # where local workers save runs
         self.keep_finished = keep_finished
         self.poll_s = poll_s
         self.ledger = Ledger(queue_db or ledger_path(self.tracking_uri))
@@ -184,6 +186,8 @@ class JobQueue:
         self._pool_keeps_inputs = self.backend == "thread"  # other workers read the store
         self._pool = _make_backend(self, devices)
         self.devices: list[str] = self._pool.devices
+        self._write_back_failed: set[str] = set()  # folders whose write-back failed for a reason already logged
+        threading.Thread(target=self._write_back_loop, name=f"stylelab-write-back-{self.name}", daemon=True).start()
 
     # -- recovery ------------------------------------------------------------------------------------
 
@@ -207,6 +211,46 @@ class JobQueue:
         except Exception as e:
             log.warning("Could not recover the jobs of %s: %s", self.tracking_uri, e)
             return (), []
+
+    # -- writing back runs whose store failed -------------------------------------------------------
+
+    def _write_back_loop(self) -> None:
+        """Every `WRITE_BACK_EVERY_S` (and at once, for folders left before a restart)."""
+        while not self._stop.is_set():
+            try:
+                self.write_back_pending()
+            except Exception:
+                log.exception("Writing back saved runs failed")
+            self._stop.wait(WRITE_BACK_EVERY_S)
+
+    def write_back_pending(self) -> list[str]:
+        """When the store answers, write back every run saved under the fallback folder while it was
+        down (`tracking.write_back`: metrics, result, tags, then its saved status); return their run ids.
+        Its job here then drops the warning that said where the result was saved."""
+        folders = tracking.pending_write_backs(self.fallback_root, self.tracking_uri)
+        if not folders:
+            return []
+        try:
+            tracking.check_reachable(self.tracking_uri, timeout_s=tracking.CHECK_TIMEOUT_S)
+        except InputError:
+            return []
+        done = []
+        for folder in folders:
+            try:
+                what = tracking.write_back(self.tracking_uri, folder)
+            except Exception as e:
+                if folder.name not in self._write_back_failed:
+                    self._write_back_failed.add(folder.name)
+                    log.warning("Could not write back %s: %s", folder, tracking.short_error(e))
+                continue
+            log.info("Written back from %s: %s", folder, what)
+            self._write_back_failed.discard(folder.name)
+            with self._lock:
+                job = self._jobs.get(folder.name)
+                if job is not None:
+                    job.warning = None
+            done.append(folder.name)
+        return done
 
     # -- submit and cancel ---------------------------------------------------------------------------
 
@@ -350,9 +394,9 @@ class JobQueue:
                 return None
             snapshot = self._snapshot(job, time.monotonic())
         if snapshot.state == "SCHEDULED":
-            state = self.ledger.state(run_id)
-            if state == "running":  # claimed by another process's worker
-                return None
+            owner = self.ledger.owner(run_id)
+            if owner is not None:  # claimed: by one of our workers (its first message is on its way) or not
+                return dataclasses.replace(snapshot, state="RUNNING") if self._pool.owns(owner) else None
             snapshot = dataclasses.replace(snapshot, position=self.ledger.position(run_id))
         return snapshot
 
@@ -666,6 +710,9 @@ class _Threads:
     def notify(self) -> None:
         pass  # the queue's condition already wakes its threads
 
+    def owns(self, owner: str) -> bool:
+        return owner_pid(owner) == os.getpid()
+
     def stop(self, wait: bool) -> None:
         if wait:
             for thread in self._threads:
@@ -738,6 +785,9 @@ class _Processes:
 
     def notify(self) -> None:
         self._wake.set()
+
+    def owns(self, owner: str) -> bool:
+        return owner_pid(owner) in {child.pid for child in self._children}
 
     def stop(self, wait: bool) -> None:
         self._stop.set()

@@ -239,6 +239,9 @@ class RayWorkers:
     def notify(self) -> None:
         pass  # the driver threads wait on the queue's condition, which submit notifies
 
+    def owns(self, owner: str) -> bool:
+        return False  # remote jobs: their progress is read from MLflow
+
     def stop(self, wait: bool) -> None:
         """Claim nothing more and tell running tasks to stop after their current step (their jobs go back
         to the queue); `wait` blocks until every driver thread has settled its task."""

@@ -6,6 +6,7 @@
 - `groups`: parent runs (sweeps, layer strips), status and tag changes;
 - `orphans`: which process wrote a run, and runs a dead process left active;
 - `readers`: runs, histories, images and artifacts read back;
+- `replay`: writing back a run whose store failed mid-run, from the folder it was saved in;
 - `links`: the MLflow UI.
 
 The names below are the package's interface; its modules are private to it.
@@ -35,6 +36,7 @@ from engine.tracking.readers import (
     metric_history,
 )
 from engine.tracking.recorder import RunRecorder, create_run, end_status
+from engine.tracking.replay import is_written_back, pending_write_backs, saved_run, write_back
 from engine.tracking.schema import (
     ACTIVE,
     DEFAULT_EXPERIMENT,
@@ -45,15 +47,20 @@ from engine.tracking.schema import (
     THUMBNAIL_SIZE,
 )
 from engine.tracking.store import (
+    CHECK_TIMEOUT_S,
+    StoreUnavailable,
     check_reachable,
     default_artifact_root,
+    default_fallback_root,
     get_or_create_experiment,
+    http_timeout_s,
     resolve_tracking_uri,
     short_error,
 )
 
 __all__ = [
     "ACTIVE",
+    "CHECK_TIMEOUT_S",
     "DEFAULT_EXPERIMENT",
     "IMAGE_KEY",
     "SOURCES",
@@ -62,17 +69,21 @@ __all__ = [
     "THUMBNAIL_SIZE",
     "RunRecorder",
     "RunSummary",
+    "StoreUnavailable",
     "UILinks",
     "cancel_requested",
     "check_reachable",
     "create_parent_run",
     "create_run",
     "default_artifact_root",
+    "default_fallback_root",
     "download_artifact",
     "end_status",
     "get_or_create_experiment",
     "group_ready",
+    "http_timeout_s",
     "image_steps",
+    "is_written_back",
     "list_runs",
     "load_config",
     "load_inputs",
@@ -83,13 +94,16 @@ __all__ = [
     "mlflow_ui_command",
     "mlflow_ui_links",
     "parent_of",
+    "pending_write_backs",
     "pid_alive",
     "process_start",
     "ready_groups",
     "request_cancel",
     "resolve_tracking_uri",
+    "saved_run",
     "set_run_status",
     "set_run_tags",
     "short_error",
     "worker_id",
+    "write_back",
 ]

@@ -58,7 +58,13 @@ from engine.tracking.schema import (
     SOURCES,
     THUMBNAIL_SIZE,
 )
-from engine.tracking.store import get_or_create_experiment, resolve_tracking_uri, short_error
+from engine.tracking.store import (
+    default_fallback_root,
+    get_or_create_experiment,
+    resolve_tracking_uri,
+    short_error,
+    store_error_reason,
+)
 
 
 def _device_tags(device: str | torch.device | None) -> dict[str, str]:
@@ -178,8 +184,9 @@ class RunRecorder:
     metrics (a `log_batch` every `flush_every` steps) and renders a snapshot every `snapshot_every`
     steps and at the last step. When the store fails mid-run, the recorder stops writing, keeps every
     metric in memory, and the end (`finish`, `fail`, `cancel`) saves result.png, config.json and
-    metrics.json in `fallback_dir/<run_id>/`, saying where in `warning`. What already reached the
-    store stays there.
+    metrics.json (every metric, tag and the end status) in `fallback_dir/<run_id>/`, snapshots in its
+    `images/`, saying where in `warning`. What already reached the store stays there;
+    `tracking.write_back` logs the rest and ends the run once the store answers again.
 
     Used as a context manager, an exception ends the run FAILED (KILLED for KeyboardInterrupt) with
     the reason in tag `failure_reason`, and the exception propagates. Call its methods from the thread
@@ -208,7 +215,7 @@ class RunRecorder:
         )
         self.flush_every = flush_every
         self.drain_timeout_s = drain_timeout_s
-        self.fallback_root = Path(fallback_dir or Path.cwd() / "stylelab-unsaved").resolve()
+        self.fallback_root = default_fallback_root(fallback_dir)
         self.warning: str | None = None  # set when the result had to be saved locally
         self.error: BaseException | None = None  # the store's first error during the run
         self.fallback_path: Path | None = None
@@ -223,6 +230,7 @@ class RunRecorder:
         self._thread: threading.Thread | None = None
         self._drained = threading.Event()
         self._pending: list[Metric] = []
+        self._tags: dict[str, str] = {}  # every tag given to the writer
         self._history: dict[str, tuple[array, array]] = {}
         self._last_report: StepReport | None = None
         self._last_snapshot_step = 0
@@ -272,7 +280,7 @@ class RunRecorder:
             tags["worker_start"] = start
         if device is not None:
             tags |= _device_tags(device)
-        self._queue.put(_Task("tags", tags))
+        self._put_tags(tags)
         if self.status == "SCHEDULED":
             self._queue.put(_Task("status", "RUNNING"))
         self.status = "RUNNING"
@@ -387,6 +395,10 @@ class RunRecorder:
 
     # -- writing -----------------------------------------------------------------------------------
 
+    def _put_tags(self, tags: dict[str, str]) -> None:
+        self._tags |= {k: str(v) for k, v in tags.items()}  # what a write-back sets, should the store fail
+        self._queue.put(_Task("tags", tags))
+
     def _flush(self) -> None:
         if self._pending:
             batch, self._pending = self._pending, []
@@ -407,7 +419,7 @@ class RunRecorder:
         self._closed = True
         self._last_report = None  # it holds the last G (GPU memory)
         if tags:
-            self._queue.put(_Task("tags", tags))
+            self._put_tags(tags)
         self._queue.put(_Task("status", status) if status in ACTIVE else _Task("terminate", status))
         if status in ACTIVE:
             self._queue.put(_Task("drained", None))
@@ -433,7 +445,7 @@ class RunRecorder:
                 cpu = time.thread_time()
                 try:
                     self._write(task)
-                except Exception as e:
+                except Exception as e:  # this task, too, goes to the fallback folder below
                     with self._lock:
                         self.error = self.error or e
                 else:
@@ -503,12 +515,14 @@ class RunRecorder:
                 "tracking_uri": self.tracking_uri,
                 "error": short_error(self.error) if self.error else None,
                 "status": status,
-                "tags": tags,
+                "tags": self._tags | tags,  # every tag of the run, the end's last
                 "logged_to_store_through_step": self.logged_through_step,
                 "final": final or {},
                 "history": {k: [[s, v] for s, v in zip(st, vs, strict=True)] for k, (st, vs) in self._history.items()},
             }
-            (folder / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=True))
+            tmp = folder / ".metrics.json.tmp"  # whole or absent: its presence means "to write back"
+            tmp.write_text(json.dumps(metrics, indent=1, allow_nan=True))
+            os.replace(tmp, folder / "metrics.json")
         except OSError as e:
             self.warning = (
                 f"The MLflow store at {self.tracking_uri} failed during run {self.run_id} ({short_error(self.error)}), "
@@ -521,7 +535,7 @@ class RunRecorder:
         in_store = f"metrics of steps 1–{n} are in MLflow" if n else "no step's metrics reached MLflow"
         self.warning = (
             f"The MLflow store at {self.tracking_uri} failed during run {self.run_id} "
-            f"({short_error(self.error)}). The {saved} were saved in {folder} instead; {in_store}."
+            f"({store_error_reason(self.error)}). The {saved} were saved in {folder} instead; {in_store}."
         )
 
     # -- reading back (for tests and the live view) -------------------------------------------------

@@ -14,6 +14,30 @@ from engine.core.errors import InputError
 from engine.tracking.schema import DEFAULT_EXPERIMENT
 
 # --------------------------------------------------------------------------------------------------
+# Short timeouts: MLflow's HTTP client waits 120 s per request and retries 7 times with backoff, minutes
+# in all, before it gives up on a dead server; every page and worker of this app would hang that long.
+# These defaults apply to this process and its children unless the user set the variables.
+
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",  # seconds per request (connect, or silence while reading)
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",  # one immediate retry (urllib3 waits 0 s before the first)
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+}
+for _name, _value in HTTP_DEFAULTS.items():
+    os.environ.setdefault(_name, _value)
+CHECK_TIMEOUT_S = 3.0  # how long a page waits for the store to answer before it says it is down
+
+
+def http_timeout_s() -> float:
+    """Seconds MLflow's HTTP client waits per request here (MLFLOW_HTTP_REQUEST_TIMEOUT)."""
+    try:
+        return float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_TIMEOUT"]))
+    except ValueError:
+        return float(HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_TIMEOUT"])
+
+
+# --------------------------------------------------------------------------------------------------
 # The store
 
 
@@ -34,6 +58,12 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     if scheme in ("http", "https"):
         return uri.rstrip("/")
     return uri
+
+
+def default_fallback_root(fallback_dir: str | Path | None = None) -> Path:
+    """Where a run whose store failed saves what it could not log (`<this>/<run id>/`): `fallback_dir`,
+    else $STYLELAB_UNSAVED_DIR, else `./stylelab-unsaved`, made absolute."""
+    return Path(fallback_dir or os.environ.get("STYLELAB_UNSAVED_DIR") or Path.cwd() / "stylelab-unsaved").resolve()
 
 
 def _is_http(uri: str) -> bool:
@@ -73,10 +103,20 @@ def get_or_create_experiment(
         return experiment.experiment_id
 
 
+class StoreUnavailable(InputError):
+    """The tracking store does not answer (refused, timed out, unknown host): `uri`, `reason` in a few
+    words, and `timeout_s`, how long the check waited."""
+
+    def __init__(self, message: str, uri: str, reason: str, timeout_s: float) -> None:
+        super().__init__(message)
+        self.uri, self.reason, self.timeout_s = uri, reason, timeout_s
+
+
 def check_reachable(uri: str | None = None, timeout_s: float = 5.0) -> str:
-    """Raise InputError, within about `timeout_s`, when the tracking store cannot be used; return the
-    resolved URI. HTTP servers get one request without retries (MLflow's default retries for minutes);
-    other stores (SQLite, files) are opened, which creates a new SQLite database."""
+    """Raise InputError (`StoreUnavailable` when it does not answer), within about `timeout_s`, when the
+    tracking store cannot be used; return the resolved URI. HTTP servers get one request without
+    retries (MLflow's default retries for minutes); other stores (SQLite, files) are opened, which
+    creates a new SQLite database."""
     uri = resolve_tracking_uri(uri)
     hint = (
         "Start it with `mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri "
@@ -99,7 +139,10 @@ def check_reachable(uri: str | None = None, timeout_s: float = 5.0) -> str:
                 raise_on_status=False,
             )
         except Exception as e:
-            raise InputError(f"Cannot reach the MLflow tracking server at {uri}: {_why(e, timeout_s)}. {hint}") from e
+            why = _why(e, timeout_s)
+            raise StoreUnavailable(
+                f"Cannot reach the MLflow tracking server at {uri}: {why}. {hint}", uri, why, timeout_s
+            ) from e
         if response.status_code in (401, 403):
             raise InputError(
                 f"The MLflow tracking server at {uri} refused access (HTTP {response.status_code}). Set "
@@ -137,6 +180,15 @@ def _why(e: BaseException, timeout_s: float) -> str:
         if needle in text:
             return words
     return short_error(e, 200)
+
+
+def store_error_reason(e: BaseException | None) -> str:
+    """Why a store call failed, in a few words ("connection refused (is the server running?)", "no
+    answer within 5 s") when it is a connection failure, else the error shortened."""
+    if e is None:
+        return "no error"
+    words = _why(e, http_timeout_s())
+    return words if words != short_error(e, 200) else short_error(e)
 
 
 def short_error(e: BaseException, limit: int = 300) -> str:
