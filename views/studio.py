@@ -72,10 +72,10 @@ if content_bytes is None or not style_bytes:
     st.stop()
 
 try:
-    content = images.load_image(content_bytes, name="content image")
-    styles = [images.load_image(b, name=f"style image {i + 1}") for i, b in enumerate(style_bytes)]
+    inputs = images.Inputs.decode(content_bytes, style_bytes)  # the edge: decoded once, then passed on as is
 except InputError as exc:
     input_error(exc)
+content, styles = inputs.content.image, inputs.style_images
 
 thumbs = st.columns(1 + len(styles), gap="small")
 thumbs[0].image(images.resize_long_side(content, 256), caption=f"content, {content.width}×{content.height}")
@@ -108,7 +108,7 @@ if st.checkbox("Instant preview (AdaIN)", key="adain_preview", help="Huang & Bel
 
 if st.button("Run", type="primary", disabled=not fits):
     try:
-        run_id = job_queue().submit(JobSpec(config=config, content=content_bytes, styles=tuple(style_bytes)))
+        run_id = job_queue().submit(JobSpec(config=config, content=inputs.content, styles=inputs.styles))
     except InputError as exc:
         input_error(exc)
     st.switch_page("views/runs.py", query_params={"run": run_id})
@@ -136,8 +136,8 @@ with st.expander("Sweep: vary one or two settings over a list or a grid"):
         st.caption(f"{len(settings)} runs, about {seconds:.0f} s in all on this device.")
     if st.button("Run sweep", disabled=not settings or not fits):
         try:
-            handle = submit_sweep(job_queue(), config, [SweepAxis(p, v) for p, v in axes], content_bytes,
-                                  tuple(style_bytes))  # fmt: skip
+            handle = submit_sweep(job_queue(), config, [SweepAxis(p, v) for p, v in axes], inputs.content,
+                                  inputs.styles)  # fmt: skip
         except InputError as exc:
             input_error(exc)
         st.switch_page("views/sweep.py", query_params={"run": handle.parent_run_id})

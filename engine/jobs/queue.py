@@ -78,9 +78,14 @@ class JobSpec:
     parent_run_id: str | None = None
     tags: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
 
+    def __post_init__(self) -> None:  # decode raw bytes here, once; decoded images pass as they are
+        inputs = Inputs.decode(self.content, self.styles)
+        object.__setattr__(self, "content", inputs.content)
+        object.__setattr__(self, "styles", inputs.styles)
+
     @property
     def inputs(self) -> Inputs:
-        return Inputs.decode(self.content, self.styles)
+        return Inputs(self.content, self.styles)
 
 
 @dataclass(frozen=True)

@@ -317,8 +317,8 @@ class Strip:
 def submit_strip(
     queue: JobQueue,
     kind: str,
-    content_bytes: bytes,
-    style_bytes: bytes,
+    content: images.InputImage | bytes,
+    style: images.InputImage | bytes,
     *,
     size: int = DEFAULT_SIZE,
     steps: int = DEFAULT_STEPS,
@@ -330,15 +330,13 @@ def submit_strip(
     `explorer.index`), all from the same white noise. Returns (parent run id, [(label, child run id)]). When
     the last child ends, the job service ends the parent (`finalise_group`)."""
     configs = strip_configs(kind, size, steps, seed)
-    content_bytes, style_bytes = bytes(content_bytes), bytes(style_bytes)
-    images.load_image(content_bytes, name="content image")
-    images.load_image(style_bytes, name="style image")
+    inputs = images.Inputs.decode(content, [style])  # once, for every layer
     uri = tracking.check_reachable(queue.tracking_uri)
     tags = {
         "explorer.kind": kind,
         "explorer.role": "parent",
-        "sha256.content": images.sha256_of(content_bytes),
-        "sha256.style.0": images.sha256_of(style_bytes),
+        "sha256.content": inputs.content.sha256,
+        "sha256.style.0": inputs.styles[0].sha256,
     }
     params = {"explorer.kind": kind, "size": str(size), "steps": str(steps), "seed": str(seed),
               "explorer.labels": ",".join(label for label, _ in configs)}  # fmt: skip
@@ -350,13 +348,13 @@ def submit_strip(
     children: list[tuple[str, str]] = []
     try:
         # The parent holds the inputs too, so its run page and "clone" work like any run's.
-        tracking.log_run_image(uri, parent, images.load_image(content_bytes), "inputs/content.png")
-        tracking.log_run_image(uri, parent, images.load_image(style_bytes), "inputs/style.png")
+        tracking.log_run_image(uri, parent, inputs.content.image, "inputs/content.png")
+        tracking.log_run_image(uri, parent, inputs.styles[0].image, "inputs/style.png")
         for index, (label, config) in enumerate(configs):
             spec = JobSpec(
                 config=config,
-                content=content_bytes,
-                styles=(style_bytes,),
+                content=inputs.content,
+                styles=inputs.styles,
                 source=SOURCE,
                 experiment=experiment,
                 run_name=f"{KIND_TITLES[kind]}: {label}",

@@ -358,8 +358,8 @@ def submit_sweep(
     queue: JobQueue,
     base: TransferConfig,
     axes: Sequence[SweepAxis],
-    content: bytes,
-    styles: Sequence[bytes],
+    content: images.InputImage | bytes,
+    styles: Sequence[images.InputImage | bytes],
     *,
     name: str | None = None,
     experiment: str = tracking.DEFAULT_EXPERIMENT,
@@ -373,11 +373,9 @@ def submit_sweep(
     `finalise_group`)."""
     axes = list(axes)
     settings = expand(base, axes)
-    styles = tuple(bytes(s) for s in styles)
-    content = bytes(content)
-    content_size = images.load_image(content, name="content image").size
-    for i, style in enumerate(styles):
-        images.load_image(style, name=f"style image {i + 1}")
+    inputs = images.Inputs.decode(content, styles)  # once, for every child
+    content, styles = inputs.content, inputs.styles
+    content_size = content.image.size
     for labels, config in settings:
         try:
             check_style_images(config.style_blend, len(styles))
@@ -398,8 +396,8 @@ def submit_sweep(
     tags = {
         "sweep.role": "parent",
         "sweep.experiment": experiment,
-        "sha256.content": images.sha256_of(content),
-        **{f"sha256.style.{i}": images.sha256_of(s) for i, s in enumerate(styles)},
+        "sha256.content": content.sha256,
+        **{f"sha256.style.{i}": s.sha256 for i, s in enumerate(styles)},
     }
     if name is None:
         name = f"sweep {' x '.join(axis.param for axis in axes)} ({'x'.join(str(len(a.values)) for a in axes)})"
