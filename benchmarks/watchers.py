@@ -20,6 +20,7 @@ Prints a markdown table (slowdown against N = 0) and writes JSON to benchmarks/r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -48,6 +49,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 LIVE_TEXT = re.compile(r"step \d+ of|Waiting in the queue")
+PROGRESS_TEXT = re.compile(r"step [1-9]\d* of")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -92,10 +94,8 @@ def browsers_cpu(server_pid: int) -> float:
     total = 0.0
     for pid in descendants(os.getpid()):
         if pid not in skip:
-            try:
+            with contextlib.suppress(OSError):
                 total += cpu_seconds(pid)
-            except OSError:
-                pass
     return total
 
 
@@ -157,7 +157,11 @@ def open_viewers(browser, url: str, n: int, timeout_ms: float = 120_000) -> list
     return contexts
 
 
-def one_round(app: App, submitter: JobQueue, browser, spec: JobSpec, blocker: JobSpec, n: int) -> dict:
+def one_round(
+    app: App, submitter: JobQueue, browser, spec: JobSpec, blocker: JobSpec, n: int, *, check_progress: bool = False
+) -> dict:
+    """One measured run watched by `n` pages. `check_progress` (the test) also waits, while the run goes,
+    until every page shows a step of at least 1 (`progress_seen`: how many did)."""
     uri = submitter.tracking_uri
     blocking = submitter.submit(blocker)
     wait_status(uri, blocking, {"RUNNING"})
@@ -169,6 +173,11 @@ def one_round(app: App, submitter: JobQueue, browser, spec: JobSpec, blocker: Jo
     submitter.cancel(blocking)
     wait_status(uri, run_id, {"RUNNING", "FINISHED", "FAILED", "KILLED"}, every=0.05)
     server0, browsers0, wall0 = cpu_seconds(app.proc.pid), browsers_cpu(app.proc.pid), time.monotonic()
+    seen = 0
+    for context in contexts if check_progress else ():
+        with contextlib.suppress(Exception):
+            context.pages[0].get_by_text(PROGRESS_TEXT).first.wait_for(timeout=60_000)
+            seen += 1
     status = wait_status(uri, run_id, {"FINISHED", "FAILED", "KILLED"}, every=0.25)
     server1, browsers1, wall1 = cpu_seconds(app.proc.pid), browsers_cpu(app.proc.pid), time.monotonic()
     if status != "FINISHED":
@@ -182,7 +191,7 @@ def one_round(app: App, submitter: JobQueue, browser, spec: JobSpec, blocker: Jo
     return dict(
         viewers=n, run_id=run_id, optimisation_s=run.metrics["time/total_seconds"], running_wall_s=wall1 - wall0,
         server_cpu_s=server1 - server0, browsers_cpu_s=browsers1 - browsers0, open_pages_s=opened_s,
-        finished_view_shown=shown, fragment_warnings=app.fragment_warnings() - warnings_before,
+        finished_view_shown=shown, progress_seen=seen, fragment_warnings=app.fragment_warnings() - warnings_before,
     )  # fmt: skip
 
 
@@ -206,6 +215,53 @@ def table(rounds: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def measure(
+    counts: list[int],
+    repeats: int = 2,
+    *,
+    size: int = 128,
+    steps: int = 60,
+    worker_threads: str | None = None,
+    check_progress: bool = False,
+    folder: Path | None = None,
+    report=print,
+) -> list[dict]:
+    """Every round (`counts` in order, `repeats` times) on one fresh server and store; see the docstring."""
+    from playwright.sync_api import sync_playwright
+
+    folder = folder or Path(tempfile.mkdtemp(prefix="stylelab-watchers-"))
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    content, style = png(SHARED / "content/tubingen.jpg", 256), png(SHARED / "style/starry_night.jpg", 256)
+    config = TransferConfig(size=size, steps=steps, coarse_levels=0)
+    spec = JobSpec(config=config, content=content, styles=(style,), run_name=f"watched {size}px")
+    blocker = JobSpec(config=config.replace(steps=100_000), content=content, styles=(style,), run_name="blocker")
+    submitter = JobQueue(uri, devices=[], backend="thread")
+    app = App(uri, folder / "app.log", worker_threads)
+    rounds: list[dict] = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            warm = browser.new_page()  # the app's queue (and its worker process) starts with the first visit
+            warm.goto(app.url)
+            warm.get_by_text("Upload a content image").wait_for(timeout=120_000)
+            warm.close()
+            first = submitter.submit(spec)  # warm-up: the worker loads VGG19 once
+            wait_status(uri, first, {"FINISHED", "FAILED", "KILLED"})
+            for repeat in range(repeats):
+                for n in counts:
+                    r = one_round(app, submitter, browser, spec, blocker, n, check_progress=check_progress)
+                    rounds.append(r | {"repeat": repeat})
+                    report(f"N={n:2d} repeat {repeat}: {r['optimisation_s']:.2f} s optimisation, "
+                           f"server CPU {r['server_cpu_s']:.2f} s, browsers {r['browsers_cpu_s']:.2f} s, "
+                           f"{r['fragment_warnings']} fragment warnings")  # fmt: skip
+            browser.close()
+    finally:
+        app.stop()
+        submitter.shutdown()
+        report(f"server log {app.log}")
+    return rounds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--viewers", default="0,1,4,8,20")
@@ -217,45 +273,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "watchers.json")
     args = parser.parse_args()
     counts = [int(n) for n in args.viewers.split(",")]
-
-    from playwright.sync_api import sync_playwright
-
-    folder = Path(tempfile.mkdtemp(prefix="stylelab-watchers-"))
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    content, style = png(SHARED / "content/tubingen.jpg", 256), png(SHARED / "style/starry_night.jpg", 256)
-    config = TransferConfig(size=args.size, steps=args.steps, coarse_levels=0)
-    spec = JobSpec(config=config, content=content, styles=(style,), run_name=f"watched {args.size}px")
-    blocker = JobSpec(config=config.replace(steps=100_000), content=content, styles=(style,), run_name="blocker")
-    submitter = JobQueue(uri, devices=[], backend="thread")
-    app = App(uri, folder / "app.log", args.worker_threads)
-    rounds: list[dict] = []
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            warm = browser.new_page()  # the app's queue (and its worker process) starts with the first visit
-            warm.goto(app.url)
-            warm.get_by_text("Upload a content image").wait_for(timeout=120_000)
-            warm.close()
-            first = submitter.submit(spec)  # warm-up: the worker loads VGG19 once
-            wait_status(uri, first, {"FINISHED", "FAILED", "KILLED"})
-            for repeat in range(args.repeats):
-                for n in counts:
-                    r = one_round(app, submitter, browser, spec, blocker, n) | {"repeat": repeat}
-                    print(f"N={n:2d} repeat {repeat}: {r['optimisation_s']:.2f} s optimisation, "
-                          f"server CPU {r['server_cpu_s']:.2f} s, browsers {r['browsers_cpu_s']:.2f} s, "
-                          f"{r['fragment_warnings']} fragment warnings", flush=True)  # fmt: skip
-                    rounds.append(r)
-            browser.close()
-    finally:
-        app.stop()
-        submitter.shutdown()
+    rounds = measure(counts, args.repeats, size=args.size, steps=args.steps, worker_threads=args.worker_threads,
+                     report=lambda line: print(line, flush=True))  # fmt: skip
     print()
     print(table(rounds))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = dict(label=args.label, size=args.size, steps=args.steps, worker_threads=args.worker_threads,
                   cpus=os.cpu_count(), rounds=rounds, table=table(rounds))  # fmt: skip
     args.out.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {args.out}; server log {app.log}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
