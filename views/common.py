@@ -5,6 +5,7 @@ Widgets and layout only; every decision about runs lives in engine/.
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import threading
@@ -274,6 +275,17 @@ class _LiveFrames:
     lock: threading.Lock = field(default_factory=threading.Lock)
     run_locks: dict[str, threading.Lock] = field(default_factory=dict)
     entries: dict[str, _LiveEntry] = field(default_factory=dict)
+
+
+@st.cache_resource
+def freeze_startup_heap() -> bool:
+    """Move everything alive now (torch, MLflow, pandas, Altair: millions of objects) out of the garbage
+    collector's reach, once per server. Streamlit runs a full `gc.collect()` after every script run,
+    fragment runs included (`runner.postScriptGC`); over that heap it took about 0.3 s per live-view tick
+    and viewer, the main thread's 100 % of issue 17. Objects made later are collected as before."""
+    gc.collect()
+    gc.freeze()
+    return True
 
 
 @st.cache_resource

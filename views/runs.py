@@ -17,6 +17,7 @@ from views.common import (
     LIVE_READ_EVERY_S,
     cost_chart,
     cost_contributions,
+    freeze_startup_heap,
     input_error,
     job_queue,
     live_frame,
@@ -64,6 +65,7 @@ def live_view(run_id: str, params: dict[str, str]) -> None:
     Every viewer of a run draws the same shared frame (`live_frame`: one read per interval per run, not
     one per viewer), and the chart and G are the very same objects until they change, so a tick costs
     each viewer a few small elements, not a chart and an image built anew."""
+    freeze_startup_heap()
     frame = live_frame(run_id, params)
     if frame.state not in ACTIVE:
         st.rerun()
