@@ -11,10 +11,12 @@ import time
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import altair as alt
 import pandas as pd
 import streamlit as st
+from streamlit.dataframe_util import convert_anything_to_arrow_bytes
 
 from engine import tracking
 from engine.core.config import INITS, OPTIMIZERS, POOLINGS, PRECISIONS, TransferConfig, knob_help
@@ -228,19 +230,21 @@ def cost_contributions(history: pd.DataFrame, params: Mapping[str, str]) -> pd.D
     return out
 
 
-def live_history(records: tuple[Mapping[str, float], ...]) -> pd.DataFrame:
-    """A job's in-memory history ({"step", "total", "style/relu1_1", …}) in the MLflow metric names."""
-    frame = pd.DataFrame(list(records))
-    if frame.empty:
-        return frame
-    return frame.set_index("step").rename(columns=lambda c: f"cost/{c}")
-
-
 def cost_chart(contributions: pd.DataFrame, *, height: int = 280) -> None:
     """One line per term on a log scale (the terms differ by orders of magnitude)."""
-    if contributions.empty:
+    spec = cost_chart_spec(contributions, height=height)
+    if spec is None:
         st.caption("No costs logged yet.")
         return
+    st.vega_lite_chart(spec=spec, width="stretch")
+
+
+def cost_chart_spec(contributions: pd.DataFrame, *, height: int = 280) -> dict[str, Any] | None:
+    """`cost_chart`'s chart as a Vega-Lite spec, built once and drawn by any number of pages with
+    `st.vega_lite_chart`; its data already in Arrow, so drawing it encodes nothing; None before any cost
+    is logged."""
+    if contributions.empty:
+        return None
     long = contributions.reset_index(names="step").melt("step", var_name="term", value_name="cost")
     long = long[long["cost"] > 0]
     chart = (
@@ -254,7 +258,11 @@ def cost_chart(contributions: pd.DataFrame, *, height: int = 280) -> None:
         )
         .properties(height=height)
     )
-    st.altair_chart(chart, width="stretch")
+    spec = chart.to_dict()
+    spec["datasets"] = {
+        name: convert_anything_to_arrow_bytes(pd.DataFrame(values)) for name, values in spec.get("datasets", {}).items()
+    }
+    return spec
 
 
 def input_error(exc: InputError) -> None:

@@ -12,20 +12,19 @@ import pandas as pd
 import streamlit as st
 
 from engine import tracking
-from engine.core.config import TransferConfig
 from engine.core.errors import InputError
 from views.common import (
     cost_chart,
     cost_contributions,
     input_error,
     job_queue,
-    live_history,
     mlflow_ui_base,
     store_down,
     store_failed,
     tracking_uri,
     visitor_text,
 )
+from views.live import LIVE_READ_EVERY_S, freeze_startup_heap, live_frame
 
 ACTIVE = ("SCHEDULED", "RUNNING")
 STATUS_ICON = {
@@ -122,40 +121,37 @@ def waiting_view(run_id: str) -> None:
         st.caption("This server does not compute this run; its page shows again when the store is back.")
 
 
-@st.fragment(run_every=1.0)
+@st.fragment(run_every=LIVE_READ_EVERY_S)
 def live_view(run_id: str, params: dict[str, str]) -> None:
-    """Progress of a queued or running job; reruns the page once the run is over."""
-    progress = job_queue().progress(run_id)
-    if progress is None:  # computed by another worker process: show what MLflow holds
-        try:
-            run = tracking.load_run(tracking_uri(), run_id)
-            history = tracking.metric_history(tracking_uri(), run_id)
-            snapshots = tracking.image_steps(tracking_uri(), run_id)
-        except Exception as exc:
-            store_failed(exc)
-        if run.status not in ACTIVE:
-            st.rerun()
-        total = TransferConfig.from_params(run.params).total_steps
-        step = int(history.index.max()) if not history.empty else 0
-        st.progress(step / total, text=f"step {step} of {total} (from MLflow; another worker computes this run)")
-        if snapshots:
-            st.image(snapshots[-1][1], caption=f"G at step {snapshots[-1][0]}", width=384)
-        cost_chart(cost_contributions(history, params))
-        return
-    if progress.state not in ACTIVE:
+    """Progress of a queued or running job; reruns the page once the run is over.
+
+    Every viewer of a run draws the same shared frame (`live_frame`: one read per interval per run, not
+    one per viewer), and the chart and G are the very same objects until they change, so a tick costs
+    each viewer a few small elements, not a chart and an image built anew."""
+    freeze_startup_heap()
+    try:
+        frame = live_frame(run_id, params)
+    except Exception as exc:  # the store is down: say so, do not hang
+        store_failed(exc)
+    if frame.state not in ACTIVE:
         st.rerun()
-    if progress.state == "SCHEDULED":
-        st.info(f"Waiting in the queue: position {progress.position}.")
+    if frame.state == "SCHEDULED" and not frame.remote:
+        st.info(f"Waiting in the queue: position {frame.position}.")
     else:
-        eta = f", about {progress.eta_s:.0f} s left" if progress.eta_s is not None else ""
-        st.progress(progress.step / progress.total_steps, text=f"step {progress.step} of {progress.total_steps}{eta}")
-        if progress.warning:
-            st.caption(progress.warning)
+        eta = f", about {frame.eta_s:.0f} s left" if frame.eta_s is not None else ""
+        where = " (from MLflow; another worker computes this run)" if frame.remote else ""
+        text = f"step {frame.step} of {frame.total_steps}{eta}{where}"
+        st.progress(min(1.0, frame.step / frame.total_steps), text=text)
+        if frame.warning:
+            st.caption(frame.warning)
     image_column, chart_column = st.columns([2, 3])
-    if progress.image is not None:
-        image_column.image(progress.image, caption=f"G at step {progress.step}", width="stretch")
+    if frame.image is not None:
+        image_column.image(frame.image, caption=f"G at step {frame.image_step}", width="stretch")
     with chart_column:
-        cost_chart(cost_contributions(live_history(progress.history), params))
+        if frame.chart is None:
+            st.caption("No costs logged yet.")
+        else:
+            st.vega_lite_chart(spec=frame.chart, width="stretch")
     if st.button("Cancel this run"):
         job_queue().cancel(run_id)
 
