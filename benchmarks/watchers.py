@@ -102,16 +102,19 @@ def browsers_cpu(server_pid: int) -> float:
 class App:
     """`streamlit run app.py` on a free loopback port against `uri`; its log in `log`."""
 
-    def __init__(self, uri: str, log: Path, worker_threads: str | None) -> None:
+    def __init__(self, uri: str, log: Path, worker_threads: str | None, split: tuple[set, set] | None = None) -> None:
         self.port = free_port()
         env = os.environ | {"MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT), "STYLELAB_BACKEND": "process"}
         if worker_threads:
             env["STYLELAB_WORKER_THREADS"] = worker_threads
+        if split:  # the worker on its own cores; the server (and, below, the browsers) on the others
+            env["STYLELAB_WORKER_CPUS"] = ",".join(map(str, sorted(split[0])))
         self.log = log
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(self.port),
              "--server.address", "127.0.0.1", "--server.headless", "true"],
             cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, split[1])) if split else None,
         )  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 90
@@ -222,6 +225,7 @@ def measure(
     size: int = 128,
     steps: int = 60,
     worker_threads: str | None = None,
+    split_cores: bool = False,
     check_progress: bool = False,
     folder: Path | None = None,
     report=print,
@@ -236,7 +240,14 @@ def measure(
     spec = JobSpec(config=config, content=content, styles=(style,), run_name=f"watched {size}px")
     blocker = JobSpec(config=config.replace(steps=100_000), content=content, styles=(style,), run_name="blocker")
     submitter = JobQueue(uri, devices=[], backend="thread")
-    app = App(uri, folder / "app.log", worker_threads)
+    cores = sorted(os.sched_getaffinity(0))
+    # viewers sit at their own machines: on this one their browsers, like the server, get other cores
+    # than the optimisation (without this, N headless Chromiums compete with it for 2 cores)
+    split = ({cores[0]}, set(cores[1:])) if split_cores and len(cores) > 1 else None
+    app = App(uri, folder / "app.log", worker_threads, split)
+    own = os.sched_getaffinity(0)
+    if split:
+        os.sched_setaffinity(0, split[1])  # this process and the browsers it launches
     rounds: list[dict] = []
     try:
         with sync_playwright() as p:
@@ -256,6 +267,7 @@ def measure(
                            f"{r['fragment_warnings']} fragment warnings")  # fmt: skip
             browser.close()
     finally:
+        os.sched_setaffinity(0, own)
         app.stop()
         submitter.shutdown()
         report(f"server log {app.log}")
@@ -269,16 +281,19 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--worker-threads", default=None, help="STYLELAB_WORKER_THREADS for the server's worker")
+    parser.add_argument("--split-cores", action="store_true",
+                        help="the worker on core 0, the server and the browsers on the others")
     parser.add_argument("--label", default="", help="a name for this measurement, e.g. before/after")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "watchers.json")
     args = parser.parse_args()
     counts = [int(n) for n in args.viewers.split(",")]
     rounds = measure(counts, args.repeats, size=args.size, steps=args.steps, worker_threads=args.worker_threads,
-                     report=lambda line: print(line, flush=True))  # fmt: skip
+                     split_cores=args.split_cores, report=lambda line: print(line, flush=True))  # fmt: skip
     print()
     print(table(rounds))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = dict(label=args.label, size=args.size, steps=args.steps, worker_threads=args.worker_threads,
+                  split_cores=args.split_cores,
                   cpus=os.cpu_count(), rounds=rounds, table=table(rounds))  # fmt: skip
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

@@ -21,18 +21,14 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-import multiprocessing
 import os
-import sys
 import threading
 import time
-import types
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from engine import tracking
@@ -42,7 +38,9 @@ from engine.core.images import InputImage, Inputs
 from engine.core.plan import estimate_seconds, gflop_per_step
 from engine.core.transfer import check_batchable
 from engine.jobs import worker
-from engine.jobs.ledger import MAX_ATTEMPTS, Claim, Ledger, ledger_path, owner_id, owner_pid
+from engine.jobs.backends import make_backend
+from engine.jobs.ledger import Ledger, ledger_path
+from engine.jobs.serving import recover_jobs
 
 __all__ = ["BACKENDS", "JobProgress", "JobQueue", "JobSpec", "default_backend"]
 
@@ -51,9 +49,6 @@ log = logging.getLogger(__name__)
 BACKENDS = ("thread", "process", "ray")
 GroupFinaliser = Callable[[str, str], object]
 RATE_SMOOTHING = 0.3  # weight of the newest run in the exponential mean of seconds per GFLOP
-HEARTBEAT_S = 5.0
-CANCEL_POLL_S = 1.0  # how often a worker asks the store whether its jobs were cancelled
-RECOVER_EVERY_S = 10.0
 WRITE_BACK_EVERY_S = 10.0  # how often runs saved locally while the store was down are written back
 
 
@@ -186,30 +181,23 @@ class JobQueue:
         self._rates: dict[str, float] = {}  # device -> measured seconds per GFLOP (exponential mean)
         self._stop = threading.Event()
         self._finalisers: list[GroupFinaliser] = list(group_finalisers)
-        self.recovered, self.orphaned_runs = self._recover(startup=True)
+        self.recovered, self.orphaned_runs = self._recover()
         self._finalise_ready_groups()
         self._pool_keeps_inputs = self.backend == "thread"  # other workers read the store
-        self._pool = _make_backend(self, devices)
+        self._pool = make_backend(self, devices)
         self.devices: list[str] = self._pool.devices
         self._write_back_failed: set[str] = set()  # folders whose write-back failed for a reason already logged
         threading.Thread(target=self._write_back_loop, name=f"stylelab-write-back-{self.name}", daemon=True).start()
 
     # -- recovery ------------------------------------------------------------------------------------
 
-    def _recover(self, startup: bool = False) -> tuple[tuple[str, ...], list[str]]:
-        """Queue again the jobs whose worker died, fail those tried `MAX_ATTEMPTS` times, and (at start-up)
+    def _recover(self) -> tuple[tuple[str, ...], list[str]]:
+        """At start-up: queue again the jobs whose worker died, fail those tried `MAX_ATTEMPTS` times, and
         fail active runs that no queue will run. Skipped when the store is unreachable."""
         try:
-            found = self.ledger.recover()
-            for run_id in found.requeued:
-                tracking.set_run_status(self.tracking_uri, run_id, "SCHEDULED")
-            for run_id in found.given_up:
-                reason = f"its worker stopped {MAX_ATTEMPTS} times before the run finished; it was not tried again"
-                tracking.set_run_status(self.tracking_uri, run_id, "FAILED", reason)
-            orphaned = []
-            if startup:
-                uri = tracking.check_reachable(self.tracking_uri)
-                orphaned = tracking.mark_orphaned_runs(uri, tracking.DEFAULT_EXPERIMENT, keep=self.ledger.known)
+            found = recover_jobs(self.ledger, self.tracking_uri)
+            uri = tracking.check_reachable(self.tracking_uri)
+            orphaned = tracking.mark_orphaned_runs(uri, tracking.DEFAULT_EXPERIMENT, keep=self.ledger.known)
             if found.requeued:
                 log.warning("Queued again after their worker died: %s", ", ".join(found.requeued))
             return found.requeued, orphaned
@@ -555,260 +543,3 @@ class JobQueue:
     def _check_open(self) -> None:
         if self._stop.is_set():
             raise RuntimeError("The job queue is shut down; no new jobs are taken.")
-
-
-# --------------------------------------------------------------------------------------------------
-# Serving one device: the loop every backend runs
-
-
-class CancelWatch:
-    """Whether a job was cancelled: the local flag at once, the store's `cancel_requested` tag (set by any
-    process) at most every `CANCEL_POLL_S`."""
-
-    def __init__(self, tracking_uri: str, run_ids: Sequence[str], local: Callable[[str], bool] = lambda r: False):
-        self._uri, self._run_ids, self._local = tracking_uri, list(run_ids), local
-        self._seen: set[str] = set()
-        self._checked = 0.0
-
-    def __call__(self, run_id: str) -> bool:
-        if self._local(run_id) or run_id in self._seen:
-            return True
-        now = time.monotonic()
-        if now - self._checked >= CANCEL_POLL_S:
-            self._checked = now
-            with contextlib.suppress(Exception):  # a store down for a moment cancels nothing
-                self._seen |= tracking.cancel_requested(self._uri, self._run_ids)
-        return run_id in self._seen
-
-
-def serve(
-    ledger: Ledger,
-    tracking_uri: str,
-    device: str,
-    *,
-    stop: Callable[[], bool],
-    publish: Callable[[worker.Message], None],
-    wait: Callable[[], None],
-    take_inputs: Callable[[str], Inputs | None] = lambda batch: None,
-    local_cancel: Callable[[str], bool] = lambda run_id: False,
-    preview_every: int = 5,
-    fallback_dir: str | None = None,
-    owner: str | None = None,
-) -> None:
-    """Claim batches from `ledger` and run them on `device` until `stop()`: the loop of every local
-    worker (a thread or a child process). Beats the heartbeat of its claims from a side thread."""
-    owner = owner or owner_id()
-    beating = threading.Event()
-
-    def heartbeat() -> None:
-        while not beating.wait(HEARTBEAT_S):
-            with contextlib.suppress(Exception):
-                ledger.heartbeat(owner)
-
-    threading.Thread(target=heartbeat, name=f"stylelab-heartbeat-{device}", daemon=True).start()
-    last_recovery = time.monotonic()
-    try:
-        while not stop():
-            try:
-                claim = ledger.claim(owner)
-            except Exception as e:
-                log.warning("Could not read the job queue %s: %s", ledger.path, e)
-                claim = None
-            if claim is None:
-                if time.monotonic() - last_recovery > RECOVER_EVERY_S:
-                    last_recovery = time.monotonic()
-                    _recover_quietly(ledger, tracking_uri)
-                wait()
-                continue
-            run_claim(ledger, tracking_uri, device, claim, stop=stop, publish=publish,
-                      inputs=take_inputs(claim.batch), local_cancel=local_cancel, preview_every=preview_every,
-                      fallback_dir=fallback_dir, owner=owner)  # fmt: skip
-    finally:
-        beating.set()
-
-
-def run_claim(
-    ledger: Ledger,
-    tracking_uri: str,
-    device: str,
-    claim: Claim,
-    *,
-    stop: Callable[[], bool],
-    publish: Callable[[worker.Message], None],
-    inputs: Inputs | None,
-    local_cancel: Callable[[str], bool],
-    preview_every: int,
-    fallback_dir: str | None,
-    owner: str,
-) -> None:
-    """Run one claimed batch and settle it in the ledger: done, or given back when interrupted."""
-    cancelled = CancelWatch(tracking_uri, claim.run_ids, local_cancel)
-    try:
-        ended = worker.run_batch(tracking_uri, claim.run_ids, device, cancelled=cancelled, interrupted=stop,
-                                 publish=publish, inputs=inputs, preview_every=preview_every, attempt=claim.attempt,
-                                 fallback_dir=fallback_dir)  # fmt: skip
-    except Exception:  # a bug in the bookkeeping itself: the jobs stay claimed, recovery retries them
-        log.exception("Jobs %s failed in the worker", ", ".join(claim.run_ids))
-        return
-    ledger.done([e.run_id for e in ended if e.status in tracking.TERMINAL])
-    ledger.release([e.run_id for e in ended if e.status not in tracking.TERMINAL], owner)
-
-
-def _recover_quietly(ledger: Ledger, tracking_uri: str) -> None:
-    try:
-        found = ledger.recover()
-        for run_id in found.requeued:
-            tracking.set_run_status(tracking_uri, run_id, "SCHEDULED")
-        for run_id in found.given_up:
-            reason = f"its worker stopped {MAX_ATTEMPTS} times before the run finished; it was not tried again"
-            tracking.set_run_status(tracking_uri, run_id, "FAILED", reason)
-    except Exception as e:
-        log.warning("Could not recover jobs: %s", e)
-
-
-# --------------------------------------------------------------------------------------------------
-# Backends
-
-
-def _local_devices(devices: list[str] | None) -> list[str]:
-    from engine.core.device import pick_device
-
-    if devices is None:
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        devices = [f"cuda:{i}" for i in range(count)] or ["cpu"]
-    names = [str(pick_device(d)) for d in devices]
-    for name in names:
-        dev = torch.device(name)
-        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise InputError(f"There is no GPU {name}; this machine has {torch.cuda.device_count()}.")
-    return names
-
-
-class _Threads:
-    """One worker thread per device in this process."""
-
-    reports_progress = True
-
-    def __init__(self, queue: JobQueue, devices: list[str] | None) -> None:
-        self.devices = _local_devices(devices)
-        self._threads = [
-            threading.Thread(
-                target=serve,
-                args=(queue.ledger, queue.tracking_uri, device),
-                kwargs=dict(
-                    stop=lambda: queue.stopping,
-                    publish=queue._apply,
-                    wait=queue.wait_for_work,
-                    take_inputs=queue.take_inputs,
-                    local_cancel=queue.locally_cancelled,
-                    preview_every=queue.preview_every,
-                    fallback_dir=queue.fallback_dir,
-                ),
-                name=f"stylelab-worker-{queue.name}-{device}-{i}",
-                daemon=True,
-            )
-            for i, device in enumerate(self.devices)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def notify(self) -> None:
-        pass  # the queue's condition already wakes its threads
-
-    def owns(self, owner: str) -> bool:
-        return owner_pid(owner) == os.getpid()
-
-    def stop(self, wait: bool) -> None:
-        if wait:
-            for thread in self._threads:
-                thread.join()
-
-
-def _serve_in_child(ledger_file: str, tracking_uri: str, device: str, stop, wake, messages, preview_every: int,
-                    fallback_dir: str | None, poll_s: float, torch_threads: int | None) -> None:  # fmt: skip
-    """A child process's main: the same `serve` loop, its messages sent to the parent. `wake` is set by
-    the parent on every submit, so a waiting worker claims at once instead of at its next poll (jobs
-    queued by other processes are seen at the poll)."""
-    if torch_threads:
-        torch.set_num_threads(torch_threads)
-    parent = os.getppid()
-
-    def wait() -> None:
-        wake.wait(poll_s)
-        wake.clear()  # a submit after this is still seen: the loop claims from the ledger next
-
-    serve(Ledger(ledger_file), tracking_uri, device, stop=lambda: stop.is_set() or os.getppid() != parent,
-          publish=messages.put, wait=wait, preview_every=preview_every, fallback_dir=fallback_dir)  # fmt: skip
-
-
-class _Processes:
-    """One child process per device (spawned: CUDA and threads do not survive a fork). Typed messages come
-    back over a queue that one thread of this process folds into memory; a child whose parent is gone
-    ends after its batch (or at once when idle)."""
-
-    reports_progress = True
-
-    def __init__(self, queue: JobQueue, devices: list[str] | None) -> None:
-        self.devices = _local_devices(devices)
-        context = multiprocessing.get_context("spawn")
-        self._stop = context.Event()
-        self._wake = context.Event()
-        self._messages = context.Queue()
-        threads = os.environ.get("STYLELAB_WORKER_THREADS")
-        self._children = [
-            context.Process(
-                target=_serve_in_child,
-                args=(str(queue.ledger.path), queue.tracking_uri, device, self._stop, self._wake, self._messages,
-                      queue.preview_every, queue.fallback_dir, queue.poll_s, int(threads) if threads else None),
-                name=f"stylelab-worker-{device}",
-                daemon=True,
-            )
-            for device in self.devices
-        ]  # fmt: skip
-        main = sys.modules.get("__main__")
-        # A spawned child imports the parent's __main__ first; under Streamlit that is the app's script,
-        # which would start a queue of its own. The worker needs none of it.
-        sys.modules["__main__"] = types.ModuleType("__main__")
-        try:
-            for child in self._children:
-                child.start()
-        finally:
-            if main is not None:
-                sys.modules["__main__"] = main
-        self._receiver = threading.Thread(target=self._receive, args=(queue,), name="stylelab-messages", daemon=True)
-        self._receiver.start()
-
-    def _receive(self, queue: JobQueue) -> None:
-        while True:
-            message = self._messages.get()
-            if message is None:
-                return
-            try:
-                queue._apply(message)
-            except Exception:
-                log.exception("Could not apply a worker message")
-
-    def notify(self) -> None:
-        self._wake.set()
-
-    def owns(self, owner: str) -> bool:
-        return owner_pid(owner) in {child.pid for child in self._children}
-
-    def stop(self, wait: bool) -> None:
-        self._stop.set()
-        self._wake.set()
-        if wait:
-            for child in self._children:
-                child.join(timeout=120)
-            self._messages.put(None)
-            self._receiver.join(timeout=10)
-
-
-def _make_backend(queue: JobQueue, devices: list[str] | None):
-    if queue.backend == "thread":
-        return _Threads(queue, devices)
-    if queue.backend == "process":
-        return _Processes(queue, devices)
-    from engine.jobs.ray_backend import RayWorkers  # Ray is imported only when asked for
-
-    return RayWorkers(queue, devices)

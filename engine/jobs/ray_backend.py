@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 from engine import tracking
 from engine.jobs import worker
 from engine.jobs.ledger import Claim, owner_id
+from engine.jobs.serving import HEARTBEAT_S, RECOVER_EVERY_S, CancelWatch, recover_jobs
 
 if TYPE_CHECKING:
     from engine.jobs.queue import JobQueue
@@ -101,7 +102,6 @@ def run_remote(
     import ray
     import torch
 
-    from engine.jobs.queue import CancelWatch
 
     device = "cuda:0" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
     checked, stopping = [0.0], [False]
@@ -173,15 +173,11 @@ class RayWorkers:
         return self._stop.is_set() or self._queue.stopping
 
     def _heartbeat(self) -> None:
-        from engine.jobs.queue import HEARTBEAT_S
-
         while not self._beating.wait(HEARTBEAT_S):
             with contextlib.suppress(Exception):
                 self._queue.ledger.heartbeat(self._owner)
 
     def _serve(self, slot: str) -> None:
-        from engine.jobs.queue import RECOVER_EVERY_S, _recover_quietly
-
         ledger = self._queue.ledger
         last_recovery = time.monotonic()
         while not self._stopping():
@@ -193,7 +189,8 @@ class RayWorkers:
             if claim is None:
                 if time.monotonic() - last_recovery > RECOVER_EVERY_S:
                     last_recovery = time.monotonic()
-                    _recover_quietly(ledger, self._queue.tracking_uri)
+                    with contextlib.suppress(Exception):  # logged; the next idle round tries again
+                        recover_jobs(ledger, self._queue.tracking_uri)
                 self._queue.wait_for_work()
                 continue
             try:

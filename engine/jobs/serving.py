@@ -1,0 +1,134 @@
+"""Serving one device: the loop every local worker runs (a thread of the app, or a child process), and
+the pieces the Ray backend shares with it: claiming from the ledger, beating the heartbeat, watching for
+cancels, settling a batch, recovering the jobs of dead workers."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from engine import tracking
+from engine.core.images import Inputs
+from engine.jobs import worker
+from engine.jobs.ledger import MAX_ATTEMPTS, Claim, Ledger, Recovered, owner_id
+
+__all__ = ["CancelWatch", "recover_jobs", "run_claim", "serve"]
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 5.0
+CANCEL_POLL_S = 1.0  # how often a worker asks the store whether its jobs were cancelled
+RECOVER_EVERY_S = 10.0
+
+
+class CancelWatch:
+    """Whether a job was cancelled: the local flag at once, the store's `cancel_requested` tag (set by any
+    process) at most every `CANCEL_POLL_S`."""
+
+    def __init__(self, tracking_uri: str, run_ids: Sequence[str], local: Callable[[str], bool] = lambda r: False):
+        self._uri, self._run_ids, self._local = tracking_uri, list(run_ids), local
+        self._seen: set[str] = set()
+        self._checked = 0.0
+
+    def __call__(self, run_id: str) -> bool:
+        if self._local(run_id) or run_id in self._seen:
+            return True
+        now = time.monotonic()
+        if now - self._checked >= CANCEL_POLL_S:
+            self._checked = now
+            with contextlib.suppress(Exception):  # a store down for a moment cancels nothing
+                self._seen |= tracking.cancel_requested(self._uri, self._run_ids)
+        return run_id in self._seen
+
+
+def serve(
+    ledger: Ledger,
+    tracking_uri: str,
+    device: str,
+    *,
+    stop: Callable[[], bool],
+    publish: Callable[[worker.Message], None],
+    wait: Callable[[], None],
+    take_inputs: Callable[[str], Inputs | None] = lambda batch: None,
+    local_cancel: Callable[[str], bool] = lambda run_id: False,
+    preview_every: int = 5,
+    fallback_dir: str | None = None,
+    owner: str | None = None,
+) -> None:
+    """Claim batches from `ledger` and run them on `device` until `stop()`: the loop of every local
+    worker (a thread or a child process). Beats the heartbeat of its claims from a side thread."""
+    owner = owner or owner_id()
+    beating = threading.Event()
+
+    def heartbeat() -> None:
+        while not beating.wait(HEARTBEAT_S):
+            with contextlib.suppress(Exception):
+                ledger.heartbeat(owner)
+
+    threading.Thread(target=heartbeat, name=f"stylelab-heartbeat-{device}", daemon=True).start()
+    last_recovery = time.monotonic()
+    try:
+        while not stop():
+            try:
+                claim = ledger.claim(owner)
+            except Exception as e:
+                log.warning("Could not read the job queue %s: %s", ledger.path, e)
+                claim = None
+            if claim is None:
+                if time.monotonic() - last_recovery > RECOVER_EVERY_S:
+                    last_recovery = time.monotonic()
+                    with contextlib.suppress(Exception):  # logged; the next idle round tries again
+                        recover_jobs(ledger, tracking_uri)
+                wait()
+                continue
+            run_claim(ledger, tracking_uri, device, claim, stop=stop, publish=publish,
+                      inputs=take_inputs(claim.batch), local_cancel=local_cancel, preview_every=preview_every,
+                      fallback_dir=fallback_dir, owner=owner)  # fmt: skip
+    finally:
+        beating.set()
+
+
+def run_claim(
+    ledger: Ledger,
+    tracking_uri: str,
+    device: str,
+    claim: Claim,
+    *,
+    stop: Callable[[], bool],
+    publish: Callable[[worker.Message], None],
+    inputs: Inputs | None,
+    local_cancel: Callable[[str], bool],
+    preview_every: int,
+    fallback_dir: str | None,
+    owner: str,
+) -> None:
+    """Run one claimed batch and settle it in the ledger: done, or given back when interrupted."""
+    cancelled = CancelWatch(tracking_uri, claim.run_ids, local_cancel)
+    try:
+        ended = worker.run_batch(tracking_uri, claim.run_ids, device, cancelled=cancelled, interrupted=stop,
+                                 publish=publish, inputs=inputs, preview_every=preview_every, attempt=claim.attempt,
+                                 fallback_dir=fallback_dir)  # fmt: skip
+    except Exception:  # a bug in the bookkeeping itself: the jobs stay claimed, recovery retries them
+        log.exception("Jobs %s failed in the worker", ", ".join(claim.run_ids))
+        return
+    ledger.done([e.run_id for e in ended if e.status in tracking.TERMINAL])
+    ledger.release([e.run_id for e in ended if e.status not in tracking.TERMINAL], owner)
+
+
+def recover_jobs(ledger: Ledger, tracking_uri: str) -> Recovered:
+    """Queue again the jobs whose worker died (their runs back to SCHEDULED) and fail those tried
+    `MAX_ATTEMPTS` times, with that reason. Raises (after logging) when the ledger or the store fails."""
+    try:
+        found = ledger.recover()
+        for run_id in found.requeued:
+            tracking.set_run_status(tracking_uri, run_id, "SCHEDULED")
+        for run_id in found.given_up:
+            reason = f"its worker stopped {MAX_ATTEMPTS} times before the run finished; it was not tried again"
+            tracking.set_run_status(tracking_uri, run_id, "FAILED", reason)
+    except Exception as e:
+        log.warning("Could not recover jobs: %s", e)
+        raise
+    return found
