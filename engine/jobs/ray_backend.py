@@ -120,10 +120,10 @@ def run_remote(
                 stopping[0] = True
         return stopping[0]
 
-    ended = worker.run_batch(tracking_uri, list(run_ids), device, cancelled=CancelWatch(tracking_uri, run_ids),
-                             interrupted=interrupted, preview_every=preview_every, flush_every=flush_every,
-                             attempt=attempt, fallback_dir=fallback_dir)  # fmt: skip
-    return ended
+    with CancelWatch(tracking_uri, run_ids) as cancelled:
+        return worker.run_batch(tracking_uri, list(run_ids), device, cancelled=cancelled, interrupted=interrupted,
+                                preview_every=preview_every, flush_every=flush_every, attempt=attempt,
+                                fallback_dir=fallback_dir)  # fmt: skip
 
 
 class RayWorkers:

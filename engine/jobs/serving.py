@@ -26,22 +26,31 @@ RECOVER_EVERY_S = 10.0
 
 class CancelWatch:
     """Whether a job was cancelled: the local flag at once, the store's `cancel_requested` tag (set by any
-    process) at most every `CANCEL_POLL_S`."""
+    process) as a side thread last read it, every `CANCEL_POLL_S`. The optimisation never waits on the
+    store for it, even a hung one. A context manager: the side thread ends with the batch."""
 
     def __init__(self, tracking_uri: str, run_ids: Sequence[str], local: Callable[[str], bool] = lambda r: False):
         self._uri, self._run_ids, self._local = tracking_uri, list(run_ids), local
-        self._seen: set[str] = set()
-        self._checked = 0.0
+        self._seen: frozenset[str] = frozenset()
+        self._closed = threading.Event()
+        threading.Thread(target=self._poll, name="stylelab-cancel-watch", daemon=True).start()
+
+    def _poll(self) -> None:
+        while not self._closed.wait(CANCEL_POLL_S):
+            with contextlib.suppress(Exception):  # a store down for a moment cancels nothing
+                self._seen = self._seen | tracking.cancel_requested(self._uri, self._run_ids)
 
     def __call__(self, run_id: str) -> bool:
-        if self._local(run_id) or run_id in self._seen:
-            return True
-        now = time.monotonic()
-        if now - self._checked >= CANCEL_POLL_S:
-            self._checked = now
-            with contextlib.suppress(Exception):  # a store down for a moment cancels nothing
-                self._seen |= tracking.cancel_requested(self._uri, self._run_ids)
-        return run_id in self._seen
+        return self._local(run_id) or run_id in self._seen
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def __enter__(self) -> CancelWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def serve(
@@ -106,11 +115,11 @@ def run_claim(
     owner: str,
 ) -> None:
     """Run one claimed batch and settle it in the ledger: done, or given back when interrupted."""
-    cancelled = CancelWatch(tracking_uri, claim.run_ids, local_cancel)
     try:
-        ended = worker.run_batch(tracking_uri, claim.run_ids, device, cancelled=cancelled, interrupted=stop,
-                                 publish=publish, inputs=inputs, preview_every=preview_every, attempt=claim.attempt,
-                                 fallback_dir=fallback_dir)  # fmt: skip
+        with CancelWatch(tracking_uri, claim.run_ids, local_cancel) as cancelled:
+            ended = worker.run_batch(tracking_uri, claim.run_ids, device, cancelled=cancelled, interrupted=stop,
+                                     publish=publish, inputs=inputs, preview_every=preview_every,
+                                     attempt=claim.attempt, fallback_dir=fallback_dir)  # fmt: skip
     except Exception:  # a bug in the bookkeeping itself: the jobs stay claimed, recovery retries them
         log.exception("Jobs %s failed in the worker", ", ".join(claim.run_ids))
         return
