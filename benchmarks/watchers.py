@@ -185,8 +185,11 @@ def one_round(
     server1, browsers1, wall1 = cpu_seconds(app.proc.pid), browsers_cpu(app.proc.pid), time.monotonic()
     if status != "FINISHED":
         raise RuntimeError(f"measured run ended {status}: {app.log.read_text()[-2000:]}")
-    time.sleep(1.5)  # the pages see the end and rerun into the finished view
-    shown = sum(1 for c in contexts if c.pages[0].get_by_text("Final costs").count() > 0)
+    shown = 0  # each page sees the end by itself and reruns into the finished view
+    for context in contexts:
+        with contextlib.suppress(Exception):
+            context.pages[0].get_by_text("Final costs").first.wait_for(timeout=30_000)
+            shown += 1
     for context in contexts:
         context.close()
     time.sleep(2.0)  # let the server settle (and any late fragment requests arrive)
