@@ -121,6 +121,14 @@ def store_failed(exc: BaseException) -> None:
     st.stop()
 
 
+def read_failed(exc: BaseException) -> None:
+    """A read from the store failed: a store that is down explains it first; else an InputError is the
+    user's (a wrong run id), shown as such, and anything else is the page's own and raised again."""
+    if isinstance(exc, InputError) and not store_down(fresh=True):
+        input_error(exc)
+    store_failed(exc)
+
+
 def sidebar() -> None:
     queue = job_queue()
     with st.sidebar:

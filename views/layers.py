@@ -22,6 +22,7 @@ from views.common import (
     UPLOAD_TYPES,
     input_error,
     job_queue,
+    read_failed,
     store_down,
     store_failed,
     tracking_uri,
@@ -175,10 +176,8 @@ style_bytes = style_file.getvalue() if style_file else None
 if source_run and (content_bytes is None or style_bytes is None):
     try:
         run_inputs = tracking.load_inputs(tracking_uri(), source_run)
-    except InputError as exc:
-        if store_down(fresh=True):
-            store_failed(exc)
-        input_error(exc)
+    except Exception as exc:
+        read_failed(exc)
     content_bytes = content_bytes or run_inputs.content.png
     style_bytes = style_bytes or run_inputs.styles[0].png
 

@@ -6,7 +6,7 @@ import streamlit as st
 from engine import tracking
 from engine.core.errors import InputError
 from engine.studies import sweep
-from views.common import input_error, job_queue, store_down, store_failed, tracking_uri, visitor_text
+from views.common import job_queue, read_failed, store_down, store_failed, tracking_uri, visitor_text
 
 ACTIVE = ("SCHEDULED", "RUNNING")
 
@@ -35,12 +35,8 @@ def grid_view(grid: sweep.SweepGrid) -> None:
 def live_grid(parent_id: str) -> None:
     try:
         grid = sweep.sweep_grid(tracking_uri(), parent_id, queue=job_queue())
-    except InputError as exc:
-        if store_down(fresh=True):
-            store_failed(exc)
-        input_error(exc)
     except Exception as exc:
-        store_failed(exc)
+        read_failed(exc)
     if grid.status not in ACTIVE:
         st.rerun()
     counts = ", ".join(f"{n} {status.lower()}" for status, n in grid.counts().items() if n)
@@ -60,10 +56,8 @@ if down := store_down():
     st.stop()
 try:
     parent = tracking.load_run(tracking_uri(), parent_id)
-except InputError as exc:
-    if store_down(fresh=True):
-        store_failed(exc)
-    input_error(exc)
+except Exception as exc:
+    read_failed(exc)
 if "sweep.axes" not in parent.params:  # e.g. a single run's id: say so, and link to its own page
     st.error(f"Run `{parent_id}` is not a sweep: this page shows the parent run of a sweep.", icon="⚠️")
     st.page_link("views/runs.py", label="Open the run's page", icon=":material/history:",
@@ -90,9 +84,5 @@ except InputError:
     st.caption("No contact sheet was logged.")
 try:
     grid_view(sweep.sweep_grid(tracking_uri(), parent_id))
-except InputError as exc:
-    if store_down(fresh=True):
-        store_failed(exc)
-    input_error(exc)
 except Exception as exc:
-    store_failed(exc)
+    read_failed(exc)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from engine import tracking
 from engine.jobs import worker
 from engine.jobs.ledger import Claim, owner_id
-from engine.jobs.serving import HEARTBEAT_S, RECOVER_EVERY_S, CancelWatch, recover_jobs
+from engine.jobs.serving import HEARTBEAT_S, CancelWatch, Claimer
 
 if TYPE_CHECKING:
     from engine.jobs.queue import JobQueue
@@ -178,19 +178,10 @@ class RayWorkers:
                 self._queue.ledger.heartbeat(self._owner)
 
     def _serve(self, slot: str) -> None:
-        ledger = self._queue.ledger
-        last_recovery = time.monotonic()
+        claims = Claimer(self._queue.ledger, self._queue.tracking_uri, self._owner)
         while not self._stopping():
-            try:
-                claim = ledger.claim(self._owner)
-            except Exception as e:
-                log.warning("Could not read the job queue %s: %s", ledger.path, e)
-                claim = None
+            claim = claims.next()
             if claim is None:
-                if time.monotonic() - last_recovery > RECOVER_EVERY_S:
-                    last_recovery = time.monotonic()
-                    with contextlib.suppress(Exception):  # logged; the next idle round tries again
-                        recover_jobs(ledger, self._queue.tracking_uri)
                 self._queue.wait_for_work()
                 continue
             try:

@@ -15,7 +15,7 @@ from engine.core.images import Inputs
 from engine.jobs import worker
 from engine.jobs.ledger import MAX_ATTEMPTS, Claim, Ledger, Recovered, owner_id
 
-__all__ = ["CancelWatch", "recover_jobs", "run_claim", "serve"]
+__all__ = ["CancelWatch", "Claimer", "recover_jobs", "run_claim", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,27 @@ class CancelWatch:
         self.close()
 
 
+class Claimer:
+    """One step of every worker's loop: claim the oldest queued batch for `owner`, and while nothing is
+    queued, recover the jobs of dead workers every `RECOVER_EVERY_S`."""
+
+    def __init__(self, ledger: Ledger, tracking_uri: str, owner: str) -> None:
+        self._ledger, self._uri, self._owner = ledger, tracking_uri, owner
+        self._last_recovery = time.monotonic()
+
+    def next(self) -> Claim | None:
+        try:
+            claim = self._ledger.claim(self._owner)
+        except Exception as e:
+            log.warning("Could not read the job queue %s: %s", self._ledger.path, e)
+            claim = None
+        if claim is None and time.monotonic() - self._last_recovery > RECOVER_EVERY_S:
+            self._last_recovery = time.monotonic()
+            with contextlib.suppress(Exception):  # logged; the next idle round tries again
+                recover_jobs(self._ledger, self._uri)
+        return claim
+
+
 def serve(
     ledger: Ledger,
     tracking_uri: str,
@@ -78,19 +99,11 @@ def serve(
                 ledger.heartbeat(owner)
 
     threading.Thread(target=heartbeat, name=f"stylelab-heartbeat-{device}", daemon=True).start()
-    last_recovery = time.monotonic()
+    claims = Claimer(ledger, tracking_uri, owner)
     try:
         while not stop():
-            try:
-                claim = ledger.claim(owner)
-            except Exception as e:
-                log.warning("Could not read the job queue %s: %s", ledger.path, e)
-                claim = None
+            claim = claims.next()
             if claim is None:
-                if time.monotonic() - last_recovery > RECOVER_EVERY_S:
-                    last_recovery = time.monotonic()
-                    with contextlib.suppress(Exception):  # logged; the next idle round tries again
-                        recover_jobs(ledger, tracking_uri)
                 wait()
                 continue
             run_claim(ledger, tracking_uri, device, claim, stop=stop, publish=publish,
