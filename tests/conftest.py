@@ -25,14 +25,14 @@ from browser_helpers import CHROMIUM, CHROMIUM_ARGS
 from mlflow import MlflowClient
 
 from engine.core import images
+from engine.core.samples import sample_path
 from engine.jobs import JobQueue
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "images"
 
 
 def png_bytes(path: Path, long_side: int = 64) -> bytes:
-    """A shared image, shrunk to `long_side` and encoded as PNG: a small upload."""
+    """An image, shrunk to `long_side` and encoded as PNG: a small upload."""
     buffer = io.BytesIO()
     images.resize_long_side(images.load_image(path), long_side).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -40,12 +40,12 @@ def png_bytes(path: Path, long_side: int = 64) -> bytes:
 
 @pytest.fixture(scope="session")
 def content_png() -> bytes:
-    return png_bytes(SHARED / "content/tubingen.jpg")  # 64×48
+    return png_bytes(sample_path("tubingen.jpg"))  # 64×48
 
 
 @pytest.fixture(scope="session")
 def style_png() -> bytes:
-    return png_bytes(SHARED / "style/starry_night.jpg")
+    return png_bytes(sample_path("starry_night.jpg"))
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,11 @@ from streamlit.testing.v1 import AppTest
 from engine import jobs, tracking
 from engine.core import images
 from engine.core.config import TransferConfig
+from engine.core.samples import sample_path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "images"
-CONTENT_BYTES = (SHARED / "content/tubingen.jpg").read_bytes()
-STYLE_BYTES = (SHARED / "style/starry_night.jpg").read_bytes()
+CONTENT_BYTES = (sample_path("tubingen.jpg")).read_bytes()
+STYLE_BYTES = (sample_path("starry_night.jpg")).read_bytes()
 TINY = TransferConfig(size=32, steps=3, coarse_levels=0)
 
 
@@ -54,6 +54,10 @@ def tiny_studio() -> AppTest:
     return at
 
 
+def image_captions(at: AppTest) -> list[str]:
+    return [img.caption for image in at.get("image") for img in image.proto.imgs]
+
+
 def texts(at: AppTest) -> str:
     parts = [e.value for kind in ("markdown", "caption", "info", "error", "warning", "title", "subheader")
              for e in getattr(at, kind)]  # fmt: skip
@@ -80,6 +84,21 @@ def test_studio_shows_settings_and_an_estimate_once_images_are_uploaded(store):
     size.set_value(4096).run()
     assert "lower the size" in texts(at)
     assert next(b for b in at.button if b.label == "Run").disabled
+
+
+def test_the_sample_images_fill_the_studio_and_an_upload_replaces_them(store):
+    at = app().run()
+    at.toggle(key="use_samples").set_value(True).run()
+    assert not at.exception
+    assert at.selectbox(key="sample_content").value.startswith("Tübingen")
+    assert at.multiselect(key="sample_styles").value == ["The Starry Night (van Gogh)"]
+    assert image_captions(at) == ["content, 512×384", "style 1, 512×320"]  # the shipped samples' sizes
+    at.multiselect(key="sample_styles").set_value(["The Scream (Munch)", "The Shipwreck (Turner)"]).run()
+    assert image_captions(at) == ["content, 512×384", "style 1, 402×512", "style 2, 512×353"]
+    assert "Blend weight of style 2" in [n.label for n in at.number_input]
+    scream = images.image_to_png_bytes(images.resize_long_side(images.load_image(sample_path("the_scream.jpg")), 64))
+    at.file_uploader(key="content").set_value(("c.png", scream, "image/png")).run()
+    assert image_captions(at)[0] == "content, 50×64"  # the upload, not the sample
 
 
 def test_a_corrupt_upload_gets_a_clear_message_naming_the_image(store):

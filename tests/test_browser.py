@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from browser_helpers import BROWSER_TEST, set_number, shot
 
+from engine.core.samples import sample_path
+
 playwright = pytest.importorskip("playwright.sync_api")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "images"
 
 pytestmark = BROWSER_TEST
 
@@ -33,9 +34,9 @@ def test_upload_run_watch_progress_and_reopen_the_permalink(server, browser):
     page.goto(server)
     page.get_by_text("Upload a content image").wait_for()
     uploads = page.locator("input[type=file]")
-    uploads.nth(0).set_input_files(str(SHARED / "content/tubingen.jpg"))
-    uploads.nth(1).set_input_files(str(SHARED / "style/starry_night.jpg"))
-    page.get_by_text("content, 1024×768").wait_for()  # thumbnails, captioned with the decoded size
+    uploads.nth(0).set_input_files(str(sample_path("tubingen.jpg")))
+    uploads.nth(1).set_input_files(str(sample_path("starry_night.jpg")))
+    page.get_by_text("content, 512×384").wait_for()  # thumbnails, captioned with the decoded size
     page.get_by_text("Estimate on").wait_for()
     set_number(page, "Size (long side, px)", 128)
     set_number(page, "Steps", 60)

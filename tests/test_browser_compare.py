@@ -17,11 +17,11 @@ from browser_helpers import BROWSER_TEST, SCREENSHOTS, shot
 from engine import jobs
 from engine.core import images
 from engine.core.config import TransferConfig
+from engine.core.samples import sample_path
 
 pytest.importorskip("playwright.sync_api")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "images"
 TINY = TransferConfig(size=64, steps=4, coarse_levels=0, init="content")  # from C: results that look like something
 
 pytestmark = BROWSER_TEST
@@ -38,8 +38,8 @@ def runs_and_server(tmp_path_factory, start_streamlit):
     """Two finished runs that differ in β and λ[relu3_1], then the app on the same store."""
     folder = tmp_path_factory.mktemp("browser-compare-store")
     uri = f"sqlite:///{folder}/mlflow.db"
-    content = images.load_image((SHARED / "content/tubingen.jpg").read_bytes())
-    style = images.load_image((SHARED / "style/starry_night.jpg").read_bytes())
+    content = images.load_image((sample_path("tubingen.jpg")).read_bytes())
+    style = images.load_image((sample_path("starry_night.jpg")).read_bytes())
     configs = {"gatys": TINY, "more relu3_1": TINY.replace(beta=1e6, style_layers={**TINY.lambdas, "relu3_1": 1.0})}
     ids = []
     for name, config in configs.items():

@@ -13,11 +13,11 @@ import pytest
 from browser_helpers import BROWSER_TEST, set_number, shot
 
 from engine.core import images
+from engine.core.samples import sample_path
 
 pytest.importorskip("playwright.sync_api")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "images"
 
 pytestmark = BROWSER_TEST
 
@@ -33,9 +33,9 @@ def small_inputs(tmp_path_factory):
     """C and S at 96 px, so the page's VGG19 passes stay quick on a CPU."""
     folder = tmp_path_factory.mktemp("layers-inputs")
     paths = []
-    for name, source in (("content.png", "content/tubingen.jpg"), ("style.png", "style/starry_night.jpg")):
+    for name, source in (("content.png", "tubingen.jpg"), ("style.png", "starry_night.jpg")):
         path = folder / name
-        images.resize_long_side(images.load_image(SHARED / source), 96).save(path)
+        images.resize_long_side(images.load_image(sample_path(source)), 96).save(path)
         paths.append(path)
     return paths
 

@@ -32,7 +32,6 @@ from engine.studies import sweep
 pytest.importorskip("playwright.sync_api")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "images"
 TINY = TransferConfig(size=64, steps=4, coarse_levels=0, init="content")
 SWEEP_BASE = TransferConfig(size=32, steps=2, coarse_levels=0, seed=7)
 

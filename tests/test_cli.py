@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from engine.core.samples import sample_path
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "images"
-CONTENT, STYLE = SHARED / "content/tubingen.jpg", SHARED / "style/starry_night.jpg"
+CONTENT, STYLE = sample_path("tubingen.jpg"), sample_path("starry_night.jpg")
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -21,10 +21,10 @@ from streamlit.testing.v1 import AppTest
 from engine import jobs, tracking
 from engine.core import images
 from engine.core.config import TransferConfig
+from engine.core.samples import sample_path
 from engine.studies import compare
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "images"
 TINY = TransferConfig(size=32, steps=3, coarse_levels=0)
 OTHER = TINY.replace(beta=1e5, style_layers={**TINY.lambdas, "relu1_1": 0.5})
 
@@ -213,8 +213,8 @@ def store(app_store) -> str:
 
 @pytest.fixture(scope="module")
 def two_runs(store):
-    content = images.load_image((SHARED / "content/tubingen.jpg").read_bytes())
-    style = images.load_image((SHARED / "style/starry_night.jpg").read_bytes())
+    content = images.load_image((sample_path("tubingen.jpg")).read_bytes())
+    style = images.load_image((sample_path("starry_night.jpg")).read_bytes())
     ids = []
     for name, config in (("compare A", TINY), ("compare B", OTHER)):
         tracker = jobs.tracked_transfer(content, [style], config, tracking_uri=store, run_name=name)
@@ -313,8 +313,8 @@ def test_three_runs_have_no_ab_views_but_a_compare_link(store, two_runs):
 
 
 def _third_run(store) -> str:
-    content = images.load_image((SHARED / "content/tubingen.jpg").read_bytes())
-    style = images.load_image((SHARED / "style/starry_night.jpg").read_bytes())
+    content = images.load_image((sample_path("tubingen.jpg")).read_bytes())
+    style = images.load_image((sample_path("starry_night.jpg")).read_bytes())
     tracker = jobs.tracked_transfer(content, [style], TINY.replace(seed=1), tracking_uri=store)
     return tracker.run_id
 
@@ -334,8 +334,8 @@ def test_the_runs_page_links_selected_runs_to_the_compare_page(store, two_runs):
 
 
 def test_a_run_without_any_image_still_compares_without_ab_views(store, two_runs):
-    content = images.load_image((SHARED / "content/tubingen.jpg").read_bytes())
-    style = images.load_image((SHARED / "style/starry_night.jpg").read_bytes())
+    content = images.load_image((sample_path("tubingen.jpg")).read_bytes())
+    style = images.load_image((sample_path("starry_night.jpg")).read_bytes())
     tracker = tracking.RunRecorder.create(store, tracking.DEFAULT_EXPERIMENT, TINY, content, [style], source="app")
     tracker.fail("Out of GPU memory at 2048 px on cuda:0.")
     at = compare_page(f"{two_runs[0]},{tracker.run_id}")

@@ -16,14 +16,14 @@ from engine.core import images
 from engine.core.config import GATYS_STYLE_LAYERS
 from engine.core.costs import normalised_gram
 from engine.core.errors import InputError
+from engine.core.samples import sample_path
 from engine.core.vgg import VGGFeatures, layer_channels
 from engine.jobs import JobQueue
 from engine.studies import explore
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "images"
-CONTENT_BYTES = (SHARED / "content/tubingen.jpg").read_bytes()
-STYLE_BYTES = (SHARED / "style/starry_night.jpg").read_bytes()
+CONTENT_BYTES = (sample_path("tubingen.jpg")).read_bytes()
+STYLE_BYTES = (sample_path("starry_night.jpg")).read_bytes()
 
 
 @pytest.fixture(scope="module")

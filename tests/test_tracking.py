@@ -26,6 +26,7 @@ from PIL import Image
 from engine.core import images
 from engine.core.config import TransferConfig
 from engine.core.errors import InputError
+from engine.core.samples import sample_path
 from engine.core.transfer import TransferResult, transfer
 from engine.jobs import tracked_transfer
 from engine.tracking import (
@@ -33,6 +34,7 @@ from engine.tracking import (
     check_reachable,
     create_parent_run,
     download_artifact,
+    get_or_create_experiment,
     group_ready,
     image_steps,
     list_runs,
@@ -43,7 +45,6 @@ from engine.tracking import (
     resolve_tracking_uri,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
 MLFLOW = Path(sys.executable).parent / "mlflow"
 LAMBDAS = {"relu1_1": 0.3, "relu2_1": 0.7}
 # α and β are pinned so the checks below do not depend on the defaults.
@@ -67,12 +68,12 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="module")
 def content_bytes() -> bytes:
-    return (SHARED / "content/tubingen.jpg").read_bytes()
+    return (sample_path("tubingen.jpg")).read_bytes()
 
 
 @pytest.fixture(scope="module")
 def style_bytes() -> bytes:
-    return (SHARED / "style/starry_night.jpg").read_bytes()
+    return (sample_path("starry_night.jpg")).read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -307,6 +308,17 @@ def test_sqlite_experiment_keeps_artifacts_beside_the_database(tracked):
     db_folder = Path(tracked.uri.removeprefix("sqlite:///")).parent
     artifact_uri = tracked.client.get_run(tracked.tracker.run_id).info.artifact_uri
     assert Path(urllib.parse.urlparse(artifact_uri).path).is_relative_to(db_folder / "mlruns")
+
+
+def test_the_experiment_is_tagged_for_mlflows_model_training_view(tracked, tmp_path):
+    experiment = tracked.client.get_experiment(tracked.client.get_run(tracked.tracker.run_id).info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    # an experiment made before the tag existed gets it when stylelab next opens it
+    client = MlflowClient(f"sqlite:///{tmp_path / 'old.db'}")
+    old = client.create_experiment("style-transfer", artifact_location=(tmp_path / "mlruns").as_uri())
+    assert "mlflow.experimentKind" not in client.get_experiment(old).tags
+    assert get_or_create_experiment(client) == old
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 import itertools
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,19 +13,18 @@ from engine.core import transfer as transfer_module
 from engine.core.config import TransferConfig
 from engine.core.device import MEMORY_SHARE, available_bytes, estimate_peak_bytes
 from engine.core.errors import InputError
+from engine.core.samples import sample_path
 from engine.core.transfer import check_batchable, transfer, transfer_batch
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
 
 
 @pytest.fixture(scope="module")
 def content() -> Image.Image:
-    return images.resize_long_side(images.load_image(SHARED / "content/tubingen.jpg"), 96)
+    return images.resize_long_side(images.load_image(sample_path("tubingen.jpg")), 96)
 
 
 @pytest.fixture(scope="module")
 def style() -> Image.Image:
-    return images.resize_long_side(images.load_image(SHARED / "style/starry_night.jpg"), 96)
+    return images.resize_long_side(images.load_image(sample_path("starry_night.jpg")), 96)
 
 
 def _structure_correlation(a: Image.Image, b: Image.Image) -> float:
@@ -53,7 +51,7 @@ def test_style_cost_falls_by_a_large_factor_and_content_stays_recognisable(conte
     transfer(content, [style], config.replace(init="content", steps=1), on_step=photo.append, device="cpu")
     assert last["style"] < 0.5 * photo[0].costs["style"]  # G's style is much nearer S than C's is
 
-    others = [images.load_image(SHARED / f"content/{name}") for name in ("golden_gate.jpg", "hoovertowernight.jpg")]
+    others = [images.load_image(sample_path(name)) for name in ("the_scream.jpg", "shipwreck.jpg")]
     own = _structure_correlation(result.image, content)
     assert own > 0.25
     assert all(own > _structure_correlation(result.image, other) + 0.1 for other in others)
@@ -141,7 +139,7 @@ def test_preserving_colours_keeps_the_contents_chroma(content, style):
 
 
 def test_several_style_images_blend_and_need_matching_weights(content, style):
-    other = images.resize_long_side(images.load_image(SHARED / "style/the_scream.jpg"), 96)
+    other = images.resize_long_side(images.load_image(sample_path("the_scream.jpg")), 96)
     result = transfer(content, [style, other], TransferConfig(size=32, steps=2, style_blend=(2, 1)), device="cpu")
     assert result.steps_done == 2
     with pytest.raises(InputError, match="style_blend has 2 weights but there are 1 style images"):

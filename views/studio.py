@@ -9,6 +9,7 @@ from engine.core import images
 from engine.core.adain import adain_preview
 from engine.core.config import TransferConfig, dominant_style
 from engine.core.errors import InputError
+from engine.core.samples import CONTENTS, STYLES, sample_bytes
 from engine.jobs import JobSpec
 from engine.studies.sweep import SweepAxis, expand, submit_sweep, sweepable_params
 from views.common import (
@@ -43,24 +44,42 @@ if clone_id:
     except InputError as exc:
         st.warning(f"Could not clone run {clone_id}: {visitor_text(exc)}")
 
+use_samples = st.toggle(
+    "Try the sample images", key="use_samples",
+    help="A photo of Tübingen and three public-domain paintings that ship with stylelab (samples/SOURCES.md). "
+    "An upload replaces the sample.",
+)  # fmt: skip
 upload_left, upload_right = st.columns(2)
 with upload_left:
+    sample_content = st.selectbox("Sample content", list(CONTENTS), key="sample_content") if use_samples else None
     content_file = st.file_uploader("Content image C", type=UPLOAD_TYPES, key="content", help=UPLOAD_LIMITS)
 with upload_right:
+    sample_styles = (
+        st.multiselect("Sample style(s)", list(STYLES), default=list(STYLES)[:1], key="sample_styles")
+        if use_samples
+        else []
+    )
     style_files = st.file_uploader(
         "Style image(s) S", type=UPLOAD_TYPES, accept_multiple_files=True, key="styles", help=UPLOAD_LIMITS
     )
 st.caption(UPLOAD_LIMITS)
 
-content_bytes = content_file.getvalue() if content_file else (cloned_inputs.content.png if cloned_inputs else None)
-style_bytes = (
-    [f.getvalue() for f in style_files]
-    if style_files
-    else ([s.png for s in cloned_inputs.styles] if cloned_inputs else [])
-)
+# An upload wins over a sample, and a sample over a cloned run's inputs.
+if content_file:
+    content_bytes = content_file.getvalue()
+elif sample_content:
+    content_bytes = sample_bytes(CONTENTS[sample_content])
+else:
+    content_bytes = cloned_inputs.content.png if cloned_inputs else None
+if style_files:
+    style_bytes = [f.getvalue() for f in style_files]
+elif sample_styles:
+    style_bytes = [sample_bytes(STYLES[name]) for name in sample_styles]
+else:
+    style_bytes = [s.png for s in cloned_inputs.styles] if cloned_inputs else []
 if content_bytes is None or not style_bytes:
     if content_bytes is None and not style_bytes:
-        st.info("Upload a content image and at least one style image to begin.")
+        st.info("Upload a content image and at least one style image to begin, or try the sample images.")
     else:  # say what the server holds, so a file that never arrived is not waited on in silence
         have, want = (("content image", "at least one style image") if content_bytes is not None
                       else ("style image(s)", "a content image"))  # fmt: skip

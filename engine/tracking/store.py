@@ -26,6 +26,9 @@ HTTP_DEFAULTS = {
 }
 for _name, _value in HTTP_DEFAULTS.items():
     os.environ.setdefault(_name, _value)
+# MLflow 3's UI opens an experiment without this tag in its GenAI view ("Evaluation runs"); with it, in
+# the runs table with its parallel-coordinates and metric charts.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 CHECK_TIMEOUT_S = 3.0  # how long a page waits for the store to answer before it says it is down
 
 
@@ -91,11 +94,13 @@ def get_or_create_experiment(
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made before the tag existed
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
     uri = client.tracking_uri
     location = artifact_root if artifact_root is not None else default_artifact_root(uri, name)
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:  # created meanwhile by another thread or process
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
