@@ -40,7 +40,7 @@ from engine.core.config import TransferConfig  # noqa: E402
 from engine.jobs import JobQueue, JobSpec  # noqa: E402
 
 CONFIG = TransferConfig(size=32, steps=3, coarse_levels=0)
-SHARED = ROOT.parent / "shared" / "images"
+SAMPLES = ROOT / "samples"  # shipped with the repo (samples/SOURCES.md)
 
 
 def png(path: Path) -> bytes:
@@ -104,7 +104,7 @@ def row(name: str, figures: list[tuple[float, float]]) -> str:
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     torch.set_num_threads(1)
-    content, style = png(SHARED / "content/tubingen.jpg"), png(SHARED / "style/starry_night.jpg")
+    content, style = png(SAMPLES / "tubingen.jpg"), png(SAMPLES / "starry_night.jpg")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         results = {}

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTENT = ROOT.parent / "shared/images/content/tubingen.jpg"
-STYLE = ROOT.parent / "shared/images/style/starry_night.jpg"
+CONTENT = ROOT / "samples" / "tubingen.jpg"
+STYLE = ROOT / "samples" / "starry_night.jpg"
 
 CHILD = """
 import json, sys, torch

@@ -24,7 +24,7 @@ from engine.core.config import TransferConfig
 from engine.core.transfer import transfer
 from engine.tracking import RunRecorder, check_reachable
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"  # shipped with the repo
 
 
 def main() -> None:
@@ -45,8 +45,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    content_bytes = (SHARED / "content/tubingen.jpg").read_bytes()
-    style_bytes = (SHARED / "style/starry_night.jpg").read_bytes()
+    content_bytes = (SAMPLES / "tubingen.jpg").read_bytes()
+    style_bytes = (SAMPLES / "starry_night.jpg").read_bytes()
     content, style = images.load_image(content_bytes), images.load_image(style_bytes)
     config = TransferConfig(size=args.size, steps=args.steps)
     if "coarse_levels" in {f.name for f in dataclasses.fields(config)}:

@@ -44,7 +44,7 @@ from engine.core import images  # noqa: E402
 from engine.core.config import TransferConfig  # noqa: E402
 from engine.jobs import JobQueue, JobSpec  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "images"
+SAMPLES = ROOT / "samples"  # shipped with the repo (samples/SOURCES.md)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
@@ -238,7 +238,7 @@ def measure(
 
     folder = folder or Path(tempfile.mkdtemp(prefix="stylelab-watchers-"))
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    content, style = png(SHARED / "content/tubingen.jpg", 256), png(SHARED / "style/starry_night.jpg", 256)
+    content, style = png(SAMPLES / "tubingen.jpg", 256), png(SAMPLES / "starry_night.jpg", 256)
     config = TransferConfig(size=size, steps=steps, coarse_levels=0)
     spec = JobSpec(config=config, content=content, styles=(style,), run_name=f"watched {size}px")
     blocker = JobSpec(config=config.replace(steps=100_000), content=content, styles=(style,), run_name="blocker")
