@@ -91,7 +91,7 @@ def store_down(fresh: bool = False) -> str | None:
     if not fresh and cached is not None and now - cached[0] < STORE_CHECK_TTL_S:
         return cached[1]
     try:
-        tracking.check_reachable(uri, timeout_s=tracking.CHECK_TIMEOUT_S)
+        tracking.check_reachable(uri, timeout_s=tracking.CHECK_TIMEOUT_S, shallow=True)
         message = None
     except tracking.StoreUnavailable as e:
         message = store_down_text(e.reason)

@@ -10,7 +10,7 @@ function (`worker.run_batch`); a backend decides where a worker lives:
   interpreter lock with page rendering; its typed messages come back over a pipe;
 - `ray`: Ray tasks on a cluster (`engine.jobs.ray_backend`, `STYLELAB_RAY_ADDRESS`).
 
-Start-up queues again the jobs whose worker died (attempts counted, see `ledger`). Cancel reaches any
+Start-up, in the background, queues again the jobs whose worker died (attempts counted, see `ledger`). Cancel reaches any
 worker through the store (`tracking.request_cancel`). Pages poll `JobQueue.progress(run_id)`, which reads
 memory only: one shared snapshot per job, whatever the number of viewers. Nothing here imports Streamlit.
 """
@@ -181,8 +181,11 @@ class JobQueue:
         self._rates: dict[str, float] = {}  # device -> measured seconds per GFLOP (exponential mean)
         self._stop = threading.Event()
         self._finalisers: list[GroupFinaliser] = list(group_finalisers)
-        self.recovered, self.orphaned_runs = self._recover()
-        self._finalise_ready_groups()
+        # Recovery reads the store, and a new SQLite store runs MLflow's migrations first (seconds): in the
+        # background, so a page can draw at once; submits wait for it (it must not see their new runs).
+        self._recovery: tuple[tuple[str, ...], list[str]] = ((), [])
+        self._started = threading.Event()
+        threading.Thread(target=self._start_up, name=f"stylelab-start-up-{self.name}", daemon=True).start()
         self._pool_keeps_inputs = self.backend == "thread"  # other workers read the store
         self._pool = make_backend(self, devices)
         self.devices: list[str] = self._pool.devices
@@ -190,6 +193,29 @@ class JobQueue:
         threading.Thread(target=self._write_back_loop, name=f"stylelab-write-back-{self.name}", daemon=True).start()
 
     # -- recovery ------------------------------------------------------------------------------------
+
+    def _start_up(self) -> None:
+        try:
+            self._recovery = self._recover()
+            self._finalise_ready_groups()
+        finally:
+            self._started.set()
+
+    def wait_started(self, timeout_s: float | None = None) -> bool:
+        """Wait until start-up recovery is over (it runs in the background); False on timeout."""
+        return self._started.wait(timeout_s)
+
+    @property
+    def recovered(self) -> tuple[str, ...]:
+        """Jobs queued again at start-up because their worker had died."""
+        self.wait_started()
+        return self._recovery[0]
+
+    @property
+    def orphaned_runs(self) -> list[str]:
+        """Active runs that no queue would run, marked FAILED at start-up."""
+        self.wait_started()
+        return self._recovery[1]
 
     def _recover(self) -> tuple[tuple[str, ...], list[str]]:
         """At start-up: queue again the jobs whose worker died, fail those tried `MAX_ATTEMPTS` times, and
@@ -281,6 +307,7 @@ class JobQueue:
         for spec in specs:
             check_style_images(spec.config.style_blend, len(inputs.styles))
         check_batchable([spec.config for spec in specs])
+        self.wait_started()
         uri = tracking.check_reachable(self.tracking_uri)
         run_ids: list[str] = []
         try:

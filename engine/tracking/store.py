@@ -117,11 +117,12 @@ class StoreUnavailable(InputError):
         self.uri, self.reason, self.timeout_s = uri, reason, timeout_s
 
 
-def check_reachable(uri: str | None = None, timeout_s: float = 5.0) -> str:
+def check_reachable(uri: str | None = None, timeout_s: float = 5.0, *, shallow: bool = False) -> str:
     """Raise InputError (`StoreUnavailable` when it does not answer), within about `timeout_s`, when the
     tracking store cannot be used; return the resolved URI. HTTP servers get one request without
     retries (MLflow's default retries for minutes); other stores (SQLite, files) are opened, which
-    creates a new SQLite database."""
+    creates a new SQLite database, unless `shallow`: then only their folder is checked (opening a new
+    SQLite store runs MLflow's migrations, seconds)."""
     uri = resolve_tracking_uri(uri)
     hint = (
         "Start it with `mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri "
@@ -163,6 +164,8 @@ def check_reachable(uri: str | None = None, timeout_s: float = 5.0) -> str:
         folder = Path(uri.removeprefix("sqlite:///")).parent
         if not folder.is_dir():
             raise InputError(f"Cannot open the MLflow store {uri}: the folder {folder} does not exist.")
+    if shallow:
+        return uri
     try:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as e:
