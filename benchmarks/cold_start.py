@@ -88,7 +88,7 @@ def one_round(browser) -> dict[str, float]:
             except OSError:
                 time.sleep(0.05)
         up = time.perf_counter() - start
-        _, page = studio_ready(browser, url)
+        studio_ready(browser, url)
         cold = time.perf_counter() - start
         warm, warm_page = studio_ready(browser, url)
         run = first_run(warm_page)

@@ -10,9 +10,10 @@ function (`worker.run_batch`); a backend decides where a worker lives:
   interpreter lock with page rendering; its typed messages come back over a pipe;
 - `ray`: Ray tasks on a cluster (`engine.jobs.ray_backend`, `STYLELAB_RAY_ADDRESS`).
 
-Start-up, in the background, queues again the jobs whose worker died (attempts counted, see `ledger`). Cancel reaches any
-worker through the store (`tracking.request_cancel`). Pages poll `JobQueue.progress(run_id)`, which reads
-memory only: one shared snapshot per job, whatever the number of viewers. Nothing here imports Streamlit.
+Start-up, in the background, queues again the jobs whose worker died (attempts counted, see `ledger`).
+Cancel reaches any worker through the store (`tracking.request_cancel`). Pages poll
+`JobQueue.progress(run_id)`, which reads memory only: one shared snapshot per job, whatever the number of
+viewers. Nothing here imports Streamlit.
 """
 
 from __future__ import annotations
