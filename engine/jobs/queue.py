@@ -37,7 +37,7 @@ from engine.core.errors import InputError
 from engine.core.images import InputImage, Inputs
 from engine.core.plan import estimate_seconds, gflop_per_step
 from engine.core.transfer import check_batchable
-from engine.jobs import worker
+from engine.jobs import ownership, worker
 from engine.jobs.backends import make_backend
 from engine.jobs.ledger import Ledger, ledger_path
 from engine.jobs.serving import recover_jobs
@@ -72,6 +72,7 @@ class JobSpec:
     run_name: str | None = None
     parent_run_id: str | None = None
     tags: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
+    owner: str | None = None  # the signed-in user who submits it (tags `owner`, `mlflow.user`)
 
     def __post_init__(self) -> None:  # decode raw bytes here, once; decoded images pass as they are
         inputs = Inputs.decode(self.content, self.styles)
@@ -183,6 +184,7 @@ class JobQueue:
         self._finalisers: list[GroupFinaliser] = list(group_finalisers)
         self.recovered, self.orphaned_runs = self._recover()
         self._finalise_ready_groups()
+        ownership.delete_pending(self.tracking_uri)
         self._pool_keeps_inputs = self.backend == "thread"  # other workers read the store
         self._pool = make_backend(self, devices)
         self.devices: list[str] = self._pool.devices
@@ -288,7 +290,7 @@ class JobQueue:
                 tags = {str(k): str(v) for k, v in spec.tags.items()} or None
                 run_ids.append(tracking.create_run(uri, spec.experiment, spec.config, inputs, source=spec.source,
                                                    parent_run_id=spec.parent_run_id, run_name=spec.run_name,
-                                                   tags=tags))  # fmt: skip
+                                                   tags=tags, owner=spec.owner))  # fmt: skip
             batch = uuid.uuid4().hex
             width, height = inputs.content.image.size
             with self._lock:
@@ -306,11 +308,13 @@ class JobQueue:
         self._pool.notify()
         return run_ids
 
-    def cancel(self, run_id: str) -> bool:
+    def cancel(self, run_id: str, *, actor: tracking.Actor = tracking.SINGLE_USER) -> bool:
         """Cancel a queued job (its run ends KILLED, it never runs) or a running one, on any worker (the
         loop stops after the current step; the run ends KILLED with the best image so far as
         result.png; in a batch whose other jobs run on, see `submit_batch`). False when the job is
-        unknown or already over."""
+        unknown or already over. NotAllowed when `actor` may not change the run (`tracking.access`)."""
+        if not actor.single_user:
+            ownership.check_owner(self.tracking_uri, run_id, actor, "cancel")
         if self.ledger.withdraw(run_id):
             self._end_unstarted(run_id, "cancelled before it started")
             return True
@@ -326,6 +330,12 @@ class JobQueue:
         except Exception as e:  # a local worker still sees the local flag
             log.warning("Could not record the cancel of %s in the store: %s", run_id, e)
         return True
+
+    def delete(self, run_id: str, *, actor: tracking.Actor = tracking.SINGLE_USER) -> ownership.Deleted:
+        """Delete a run (MLflow's soft delete) and, for a sweep's or a layer strip's parent, its children;
+        active ones are cancelled first and deleted by the service once they end (see `ownership.delete`).
+        NotAllowed, with nothing changed, when `actor` may not change the run or one of its children."""
+        return ownership.delete(self, run_id, actor)
 
     def _end_unstarted(self, run_id: str, reason: str) -> None:
         with contextlib.suppress(Exception):
@@ -349,7 +359,9 @@ class JobQueue:
                 self._finalisers.append(finaliser)
 
     def _group_maybe_done(self, run_id: str) -> None:
-        """The service, not a page, ends a group's parent: once, by whoever ends its last child."""
+        """The service, not a page, ends a group's parent: once, by whoever ends its last child. A run
+        ended after someone deleted it is soft-deleted here first (`ownership.delete`)."""
+        ownership.delete_if_marked(self.tracking_uri, run_id)
         try:
             parent = tracking.parent_of(self.tracking_uri, run_id)
             if parent and tracking.group_ready(self.tracking_uri, parent):
@@ -375,6 +387,7 @@ class JobQueue:
                 finalise(self.tracking_uri, parent)
             except Exception:
                 log.exception("Could not finalise group %s", parent)
+        ownership.delete_if_marked(self.tracking_uri, parent)
 
     # -- reading progress ----------------------------------------------------------------------------
 
