@@ -5,7 +5,8 @@ Cancel and delete go through `JobQueue`, which takes who asks (`tracking.Actor`)
 is MLflow's soft delete, done once a run is over, because MLflow refuses writes to a deleted run:
 `delete` marks the run (and a group's children) deleted, cancels what is still queued or running, and
 soft-deletes what is over; the service deletes the rest as each ends (`delete_if_marked`, called where
-a run or a group ends), and at start-up what a stopped app left (`delete_pending`).
+a run ends; a deleted group's parent is ended KILLED, not finalised, when its last child ends:
+`end_deleted_group`), and at start-up what a stopped app left (`delete_pending`).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def delete(queue: JobQueue, run_id: str, actor: tracking.Actor) -> Deleted:
         queue.cancel(target)  # False when it is over already (or a parent: its state follows its children)
     pending = [target for target in targets if not delete_if_marked(uri, target)]
     if parent and run_id in pending and tracking.group_ready(uri, run_id):
-        queue._finalise_group(run_id)  # its children are over: end it now, which deletes it
+        end_deleted_group(uri, run_id)  # its children are over: end it and delete it now
         pending = [target for target in pending if not delete_if_marked(uri, target)]
     return Deleted(tuple(targets), tuple(pending))
 
@@ -66,6 +67,22 @@ def delete_if_marked(tracking_uri: str, run_id: str) -> bool:
     except Exception as e:
         log.warning("Could not delete run %s: %s", run_id, tracking.short_error(e))
         return False
+
+
+def end_deleted_group(tracking_uri: str, parent_run_id: str) -> bool:
+    """When a group whose children have all ended was deleted: end its parent KILLED and delete it, instead
+    of finalising it (True); False when the group is not deleted. A failure is logged, never raised."""
+    try:
+        parent = tracking.load_run(tracking_uri, parent_run_id)
+        if tracking.deletion_of(parent.tags, parent.lifecycle_deleted) is None:
+            return False
+        if parent.status not in tracking.TERMINAL and not parent.lifecycle_deleted:
+            tracking.set_run_status(tracking_uri, parent_run_id, "KILLED", "deleted")
+    except Exception as e:
+        log.warning("Could not end deleted group %s: %s", parent_run_id, tracking.short_error(e))
+        return False
+    delete_if_marked(tracking_uri, parent_run_id)
+    return True
 
 
 def delete_pending(tracking_uri: str) -> list[str]:

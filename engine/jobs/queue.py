@@ -382,12 +382,13 @@ class JobQueue:
             finalisers = list(self._finalisers)
         if not finalisers or not self.ledger.claim_group_end(parent):
             return
+        if ownership.end_deleted_group(self.tracking_uri, parent):  # no contact sheet for a deleted group
+            return
         for finalise in finalisers:
             try:
                 finalise(self.tracking_uri, parent)
             except Exception:
                 log.exception("Could not finalise group %s", parent)
-        ownership.delete_if_marked(self.tracking_uri, parent)
 
     # -- reading progress ----------------------------------------------------------------------------
 
