@@ -317,15 +317,15 @@ def test_cancel_and_delete_are_disabled_for_others_with_the_reason(store, conten
     at.run()
     assert not at.exception
     cancel = next(b for b in at.button if b.label == "Cancel this run")
-    assert cancel.disabled
-    assert f"Only its owner ({BOB}) or an admin can cancel this run; you are signed in as {ALICE}." in texts(at)
-    assert f"Only its owner ({BOB}) or an admin can delete this run" in texts(at)
+    reason = f"Only its owner ({BOB}) or an admin can cancel or delete this run; you are signed in as {ALICE}."
+    assert cancel.disabled and reason in texts(at)
+    assert cancel.help == f"Only its owner ({BOB}) or an admin can cancel this run; you are signed in as {ALICE}."
 
     at = page(BOB, run=run_id)
     at.switch_page("views/runs.py")
     at.run()
     assert not next(b for b in at.button if b.label == "Cancel this run").disabled
-    assert "can cancel this run" not in texts(at)
+    assert "can cancel or delete this run" not in texts(at)
     at.button(key=f"delete_{run_id}").click().run()  # bob deletes his run
     assert not at.exception
     assert f"was deleted by {BOB}" in texts(at)
@@ -367,3 +367,30 @@ def test_a_run_started_in_the_studio_belongs_to_who_is_signed_in(store, content_
     assert (tags["owner"], tags["mlflow.user"]) == (ALICE, ALICE)
     # let it finish: a worker thread still running at the end of the module would outlive its queue
     wait_for(lambda: tracking.load_run(store, run_id).status in tracking.TERMINAL, what="the run to end")
+
+
+def test_the_sweep_page_disables_cancel_for_others_and_says_when_a_sweep_was_deleted(store):
+    params = TINY.to_params() | {"style_images": "1", "sweep.axes": "seed", "sweep.size": "2",
+                                 "sweep.values.seed": '["1", "2"]'}  # fmt: skip
+    parent = tracking.create_parent_run(store, name="bob's sweep", params=params, source="sweep",
+                                        tags={"sweep.role": "parent"}, size=2, owner=BOB)  # fmt: skip
+    at = page(ALICE, run=parent)
+    at.switch_page("views/sweep.py")
+    at.run()
+    assert not at.exception
+    assert next(b for b in at.button if b.label == "Cancel the sweep").disabled
+    assert f"Only its owner ({BOB}) or an admin can cancel or delete this run" in texts(at)
+    tracking.mark_deleted(store, [parent], BOB)
+    at.run()
+    assert f"Run `{parent}` was deleted by {BOB}" in texts(at)
+    assert not any(b.label == "Cancel the sweep" for b in at.button)
+
+
+def test_several_providers_get_a_sign_in_button_each(store):
+    at = page(None)
+    provider = {k: AUTH_SECRETS["auth"][k] for k in ("client_id", "client_secret", "server_metadata_url")}
+    at.secrets = {"auth": {"redirect_uri": AUTH_SECRETS["auth"]["redirect_uri"], "cookie_secret": "x" * 32,
+                           "google": provider, "microsoft": provider}}  # fmt: skip
+    at.run()
+    assert not at.exception
+    assert [b.label for b in at.button] == ["Sign in with Google", "Sign in with Microsoft"]

@@ -217,15 +217,17 @@ def deleted_notice(run: tracking.RunSummary) -> bool:
 
 
 def delete_control(run: tracking.RunSummary, delete: Any) -> None:
-    """A "Delete" popover with its confirmation, disabled with the reason for who may not; `delete(run_id,
+    """A "Delete" popover with its confirmation, disabled with the reason for who may not (for an active
+    run the reason covers its Cancel button too, which shows it only as its tooltip); `delete(run_id,
     actor=...)` is the job queue's, which checks again and refuses with NotAllowed."""
-    reason = refusal(run.tags, "delete")
+    active = run.status in tracking.ACTIVE
+    reason = refusal(run.tags, "cancel or delete" if active else "delete")  # one line says both
     group = run.tags.get(tracking.GROUP_ROLE_TAG) == "parent"
     with st.popover("Delete", icon=":material/delete:", disabled=reason is not None, help=reason):
         st.write(
             "Delete this run"
             + (" and every run of its group" if group else "")
-            + ("? It is cancelled first." if run.status in tracking.ACTIVE else "?")
+            + ("? It is cancelled first." if active else "?")
             + " It disappears from the history; its link says it was deleted."
         )
         if st.button("Delete it", type="primary", key=f"delete_{run.run_id}"):

@@ -163,8 +163,6 @@ def live_view(run_id: str, params: dict[str, str], tags: dict[str, str]) -> None
             job_queue().cancel(run_id, actor=auth.actor())
         except InputError as exc:
             input_error(exc)
-    if refused:
-        st.caption(refused)
 
 
 def finished_view(run: tracking.RunSummary) -> None:
@@ -223,6 +221,8 @@ def history_page() -> None:
     text = st.text_input("Name contains", placeholder="e.g. 256px")
     if auth.sign_in_enabled() and st.toggle("Only my runs", key="mine"):
         runs = runs[auth.mine(runs)]
+        if runs.empty:
+            st.info("You have no runs yet. Start one in the studio.")
     if statuses:
         runs = runs[runs["status"].isin(statuses)]
     if text:

@@ -48,8 +48,6 @@ def live_grid(parent_id: str, refused: str | None = None) -> None:
             sweep.cancel_sweep(tracking_uri(), parent_id, queue=job_queue(), actor=auth.actor())
         except InputError as exc:
             input_error(exc)
-    if refused:
-        st.caption(refused)
 
 
 parent_id = st.query_params.get("run")
