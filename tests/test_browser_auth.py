@@ -5,7 +5,8 @@ folder: the repo's own .streamlit/ is never written) have an `[auth]` section, a
 It checks: an anonymous visitor who opens a permalink is asked to sign in and sees nothing of the run;
 signing in goes through the provider's form and Streamlit's callback, sets Streamlit's identity cookie
 (HttpOnly), and lands on the permalink that was opened (Streamlit's callback itself lands on `/`); a
-second user sees the owner's Cancel disabled with the reason, and the run goes on; the owner cancels it.
+second user sees the owner's Cancel disabled with the reason, and the run goes on; the owner cancels it,
+then deletes it, and its permalink says so.
 
 Screenshots: test-artifacts/screenshots/auth-*.png.
 """
@@ -204,4 +205,10 @@ def test_the_owner_signs_in_and_cancels_the_run(browser, served, provider):
     page.get_by_text("This run was cancelled").wait_for(timeout=60_000)
     page.get_by_role("button", name="Cancel this run").wait_for(state="detached", timeout=30_000)  # page settled
     shot(page, "auth-bob-cancelled")
+
+    page.get_by_role("button", name="Delete").click()  # the popover, then its confirmation
+    page.get_by_role("button", name="Delete it").click()
+    page.get_by_text(f"was deleted by {BOB['email']}").wait_for(timeout=60_000)
+    assert tracking.load_run(served.uri, served.run).lifecycle_deleted
+    shot(page, "auth-bob-deleted")
     context.close()
