@@ -394,3 +394,14 @@ def test_several_providers_get_a_sign_in_button_each(store):
     at.run()
     assert not at.exception
     assert [b.label for b in at.button] == ["Sign in with Google", "Sign in with Microsoft"]
+
+
+def test_a_sign_in_that_is_not_set_up_right_says_so_without_details(store):
+    # st.login validates the secrets Streamlit itself loaded, which AppTest's `secrets` do not reach: here it
+    # finds no [auth], as a server would whose [auth] lacks a key. The visitor gets a line, the log the why.
+    at = page(None).run()
+    at.button(key="sign_in_default").click().run()
+    assert not at.exception
+    errors = "\n".join(e.value for e in at.error)
+    assert "Sign-in is not set up correctly on this server" in errors
+    assert "secrets.toml" not in errors

@@ -15,12 +15,14 @@ set by a line of JavaScript before the visitor leaves), and the root page, signe
 from __future__ import annotations
 
 import json
+import logging
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 import streamlit as st
+from streamlit.errors import StreamlitAuthError
 from streamlit.navigation.page import StreamlitPage
 
 from engine import tracking
@@ -31,6 +33,8 @@ NEXT_MAX_AGE_S = 600  # long enough to sign in, short enough not to surprise a l
 MAX_NEXT_LENGTH = 2000
 SETTINGS = "stylelab"  # the secrets section with stylelab's own settings: admins = ["…"]
 _PROVIDER_KEYS = ("client_id", "server_metadata_url")
+
+log = logging.getLogger(__name__)
 
 
 def sign_in_enabled() -> bool:
@@ -162,7 +166,11 @@ def require_sign_in(pages: Sequence[StreamlitPage], page: StreamlitPage) -> None
     for provider in providers():
         label = "Sign in" if provider is None else f"Sign in with {provider.title()}"
         if st.button(label, type="primary", icon=":material/login:", key=f"sign_in_{provider or 'default'}"):
-            st.login(provider)
+            try:
+                st.login(provider)
+            except StreamlitAuthError as exc:  # e.g. a key missing from [auth]: for the log, not the visitor
+                log.warning("Sign-in is misconfigured: %s", exc)
+                st.error("Sign-in is not set up correctly on this server (its log says why); tell its administrator.")
     st.stop()
 
 
@@ -216,7 +224,7 @@ def deleted_notice(run: tracking.RunSummary) -> bool:
     return True
 
 
-def delete_control(run: tracking.RunSummary, delete: Any) -> None:
+def delete_control(run: tracking.RunSummary, delete: Callable[..., object]) -> None:
     """A "Delete" popover with its confirmation, disabled with the reason for who may not (for an active
     run the reason covers its Cancel button too, which shows it only as its tooltip); `delete(run_id,
     actor=...)` is the job queue's, which checks again and refuses with NotAllowed."""
