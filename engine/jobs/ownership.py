@@ -88,6 +88,7 @@ def end_deleted_group(tracking_uri: str, parent_run_id: str) -> bool:
 def delete_pending(tracking_uri: str) -> list[str]:
     """Delete the runs marked for deletion that ended while no service saw them end; returns them."""
     try:
+        tracking.check_reachable(tracking_uri, timeout_s=tracking.CHECK_TIMEOUT_S)  # a dead store: seconds, not minutes
         pending = tracking.pending_deletions(tracking_uri)
     except Exception as e:
         log.warning("Could not look for runs to delete: %s", tracking.short_error(e))

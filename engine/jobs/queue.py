@@ -239,6 +239,7 @@ class JobQueue:
                     log.warning("Could not write back %s: %s", folder, tracking.short_error(e))
                 continue
             log.info("Written back from %s: %s", folder, what)
+            ownership.delete_if_marked(self.tracking_uri, folder.name)  # marked deleted while it ran
             self._write_back_failed.discard(folder.name)
             with self._lock:
                 job = self._jobs.get(folder.name)
@@ -334,7 +335,8 @@ class JobQueue:
     def delete(self, run_id: str, *, actor: tracking.Actor = tracking.SINGLE_USER) -> ownership.Deleted:
         """Delete a run (MLflow's soft delete) and, for a sweep's or a layer strip's parent, its children;
         active ones are cancelled first and deleted by the service once they end (see `ownership.delete`).
-        NotAllowed, with nothing changed, when `actor` may not change the run or one of its children."""
+        NotAllowed, with nothing changed, when `actor` may not change the run (a group's parent's owner owns
+        the group)."""
         return ownership.delete(self, run_id, actor)
 
     def _end_unstarted(self, run_id: str, reason: str) -> None:
@@ -361,9 +363,9 @@ class JobQueue:
     def _group_maybe_done(self, run_id: str) -> None:
         """The service, not a page, ends a group's parent: once, by whoever ends its last child. A run
         ended after someone deleted it is soft-deleted here first (`ownership.delete`)."""
-        ownership.delete_if_marked(self.tracking_uri, run_id)
         try:
             parent = tracking.parent_of(self.tracking_uri, run_id)
+            ownership.delete_if_marked(self.tracking_uri, run_id)  # after a read that answered: no extra wait
             if parent and tracking.group_ready(self.tracking_uri, parent):
                 self._finalise_group(parent)
         except Exception:
