@@ -17,6 +17,7 @@ from engine.core.config import GATYS_STYLE_LAYERS
 from engine.core.errors import InputError
 from engine.core.vgg import LAYER_NAMES
 from engine.studies import explore
+from views import auth
 from views.common import (
     UPLOAD_LIMITS,
     UPLOAD_TYPES,
@@ -115,7 +116,7 @@ def strip_view(parent_id: str) -> bool:
 
 
 @st.fragment(run_every=1.0)
-def live_strip(parent_id: str) -> None:
+def live_strip(parent_id: str, refused: str | None = None) -> None:
     try:
         going = strip_view(parent_id)
         # every layer ended, and the job service has ended the parent: show the finished strip
@@ -124,9 +125,12 @@ def live_strip(parent_id: str) -> None:
         store_failed(exc)
     if ended:
         st.rerun()
-    if st.button("Cancel this strip", key=f"cancel_{parent_id}"):
-        for _, run_id, _ in explore.strip_children(tracking_uri(), parent_id):
-            job_queue().cancel(run_id)
+    if st.button("Cancel this strip", key=f"cancel_{parent_id}", disabled=refused is not None, help=refused):
+        try:
+            for _, run_id, _ in explore.strip_children(tracking_uri(), parent_id):
+                job_queue().cancel(run_id, actor=auth.actor())
+        except InputError as exc:
+            input_error(exc)
 
 
 def show_strip(parent_id: str) -> None:
@@ -140,7 +144,7 @@ def show_strip(parent_id: str) -> None:
         return
     st.markdown(f"**{parent.name}** · `{parent_id}` · {parent.status.lower()}")
     if parent.status in ACTIVE:
-        live_strip(parent_id)
+        live_strip(parent_id, auth.refusal(parent.tags, "cancel"))
     else:
         try:
             strip_view(parent_id)
@@ -285,7 +289,7 @@ for column, kind in zip(buttons, explore.KINDS, strict=True):
         try:
             parent_id, _ = explore.submit_strip(
                 job_queue(), kind, inputs["content"][0], inputs["style"][0], size=strip_size, steps=strip_steps,
-                seed=strip_seed,
+                seed=strip_seed, owner=auth.owner(),
             )  # fmt: skip
         except InputError as exc:
             input_error(exc)

@@ -13,6 +13,7 @@ import streamlit as st
 
 from engine import tracking
 from engine.core.errors import InputError
+from views import auth
 from views.common import (
     cost_chart,
     cost_contributions,
@@ -44,21 +45,25 @@ def run_page(run_id: str) -> None:
             waiting_view(run_id)
             return
         input_error(exc)
+    if auth.deleted_notice(run):
+        return
     if run.tags.get("sweep.role") == "parent":  # a sweep's parent has a grid, not one image
         st.switch_page("views/sweep.py", query_params={"run": run_id})
     st.title(run.name)
     links = tracking.mlflow_ui_links(mlflow_ui_base(), run.experiment_id, [run_id])
     status = "" if run.status in ACTIVE else f"{run.status.lower()} · "  # the live view shows its own state
+    owner = f"by {owner} · " if (owner := tracking.run_owner(run.tags)) else ""
     st.caption(
-        f"{STATUS_ICON.get(run.status, '')} Run `{run_id}` · {status}source {run.tags.get('source', '?')} · "
+        f"{STATUS_ICON.get(run.status, '')} Run `{run_id}` · {status}{owner}source {run.tags.get('source', '?')} · "
         f"device {run.tags.get('device_name', run.tags.get('device', '?'))} · "
         f"[open in the MLflow UI]({links.runs[run_id]})"
     )
+    auth.delete_control(run, job_queue().delete)
     if run.status in ACTIVE:
         if saved_locally(run_id):  # over, but its store failed: not written back yet
             waiting_view(run_id)
         else:
-            live_view(run_id, run.params)
+            live_view(run_id, run.params, run.tags)
         return
     if run.status == "FAILED":
         st.error(f"This run failed: {visitor_text(run.tags.get('failure_reason', 'no reason was recorded'))}")
@@ -122,7 +127,7 @@ def waiting_view(run_id: str) -> None:
 
 
 @st.fragment(run_every=LIVE_READ_EVERY_S)
-def live_view(run_id: str, params: dict[str, str]) -> None:
+def live_view(run_id: str, params: dict[str, str], tags: dict[str, str]) -> None:
     """Progress of a queued or running job; reruns the page once the run is over.
 
     Every viewer of a run draws the same shared frame (`live_frame`: one read per interval per run, not
@@ -152,8 +157,12 @@ def live_view(run_id: str, params: dict[str, str]) -> None:
             st.caption("No costs logged yet.")
         else:
             st.vega_lite_chart(spec=frame.chart, width="stretch")
-    if st.button("Cancel this run"):
-        job_queue().cancel(run_id)
+    refused = auth.refusal(tags, "cancel")
+    if st.button("Cancel this run", disabled=refused is not None, help=refused):
+        try:
+            job_queue().cancel(run_id, actor=auth.actor())
+        except InputError as exc:
+            input_error(exc)
 
 
 def finished_view(run: tracking.RunSummary) -> None:
@@ -210,6 +219,10 @@ def history_page() -> None:
         return
     statuses = st.multiselect("Status", sorted(runs["status"].unique()), placeholder="any status")
     text = st.text_input("Name contains", placeholder="e.g. 256px")
+    if auth.sign_in_enabled() and st.toggle("Only my runs", key="mine"):
+        runs = runs[auth.mine(runs)]
+        if runs.empty:
+            st.info("You have no runs yet. Start one in the studio.")
     if statuses:
         runs = runs[runs["status"].isin(statuses)]
     if text:
@@ -237,6 +250,8 @@ def history_page() -> None:
 def _summary(run: pd.Series) -> str:
     start = run["start_time"].strftime("%Y-%m-%d %H:%M") if pd.notna(run["start_time"]) else ""
     parts = [start, f"{run.get('params.size', '?')} px", f"β {run.get('params.beta', '?')}"]
+    if isinstance(run.get("tags.owner"), str):
+        parts.insert(1, f"by {run['tags.owner']}")
     lambdas = {
         k.removeprefix("params.lambda."): v for k, v in run.items() if k.startswith("params.lambda.") and pd.notna(v)
     }

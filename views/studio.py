@@ -12,6 +12,7 @@ from engine.core.errors import InputError
 from engine.core.samples import CONTENTS, STYLES, sample_bytes
 from engine.jobs import JobSpec
 from engine.studies.sweep import SweepAxis, expand, submit_sweep, sweepable_params
+from views import auth
 from views.common import (
     UPLOAD_LIMITS,
     UPLOAD_TYPES,
@@ -127,7 +128,8 @@ if st.checkbox("Instant preview (AdaIN)", key="adain_preview", help="Huang & Bel
 
 if st.button("Run", type="primary", disabled=not fits):
     try:
-        run_id = job_queue().submit(JobSpec(config=config, content=inputs.content, styles=inputs.styles))
+        run_id = job_queue().submit(JobSpec(config=config, content=inputs.content, styles=inputs.styles,
+                                            owner=auth.owner()))  # fmt: skip
     except InputError as exc:
         input_error(exc)
     st.switch_page("views/runs.py", query_params={"run": run_id})
@@ -156,7 +158,7 @@ with st.expander("Sweep: vary one or two settings over a list or a grid"):
     if st.button("Run sweep", disabled=not settings or not fits):
         try:
             handle = submit_sweep(job_queue(), config, [SweepAxis(p, v) for p, v in axes], inputs.content,
-                                  inputs.styles)  # fmt: skip
+                                  inputs.styles, owner=auth.owner())  # fmt: skip
         except InputError as exc:
             input_error(exc)
         st.switch_page("views/sweep.py", query_params={"run": handle.parent_run_id})

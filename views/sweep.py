@@ -6,7 +6,8 @@ import streamlit as st
 from engine import tracking
 from engine.core.errors import InputError
 from engine.studies import sweep
-from views.common import job_queue, read_failed, store_down, store_failed, tracking_uri, visitor_text
+from views import auth
+from views.common import input_error, job_queue, read_failed, store_down, store_failed, tracking_uri, visitor_text
 
 ACTIVE = ("SCHEDULED", "RUNNING")
 
@@ -32,7 +33,7 @@ def grid_view(grid: sweep.SweepGrid) -> None:
 
 
 @st.fragment(run_every=1.0)
-def live_grid(parent_id: str) -> None:
+def live_grid(parent_id: str, refused: str | None = None) -> None:
     try:
         grid = sweep.sweep_grid(tracking_uri(), parent_id, queue=job_queue())
     except Exception as exc:
@@ -42,8 +43,11 @@ def live_grid(parent_id: str) -> None:
     counts = ", ".join(f"{n} {status.lower()}" for status, n in grid.counts().items() if n)
     st.caption(f"{len(grid.cells)} runs: {counts}")
     grid_view(grid)
-    if st.button("Cancel the sweep"):
-        sweep.cancel_sweep(tracking_uri(), parent_id, queue=job_queue())
+    if st.button("Cancel the sweep", disabled=refused is not None, help=refused):
+        try:
+            sweep.cancel_sweep(tracking_uri(), parent_id, queue=job_queue(), actor=auth.actor())
+        except InputError as exc:
+            input_error(exc)
 
 
 parent_id = st.query_params.get("run")
@@ -58,6 +62,8 @@ try:
     parent = tracking.load_run(tracking_uri(), parent_id)
 except Exception as exc:
     read_failed(exc)
+if auth.deleted_notice(parent):
+    st.stop()
 if "sweep.axes" not in parent.params:  # e.g. a single run's id: say so, and link to its own page
     st.error(f"Run `{parent_id}` is not a sweep: this page shows the parent run of a sweep.", icon="⚠️")
     st.page_link("views/runs.py", label="Open the run's page", icon=":material/history:",
@@ -65,8 +71,9 @@ if "sweep.axes" not in parent.params:  # e.g. a single run's id: say so, and lin
     st.stop()
 st.title(parent.name)
 st.caption(f"Sweep `{parent_id}` over {parent.params.get('sweep.axes', '?')} · {parent.status.lower()}")
+auth.delete_control(parent, job_queue().delete)
 if parent.status in ACTIVE:
-    live_grid(parent_id)
+    live_grid(parent_id, auth.refusal(parent.tags, "cancel"))
     st.stop()
 
 if parent.status == "FAILED":

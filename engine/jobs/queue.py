@@ -38,7 +38,7 @@ from engine.core.errors import InputError
 from engine.core.images import InputImage, Inputs
 from engine.core.plan import estimate_seconds, gflop_per_step
 from engine.core.transfer import check_batchable
-from engine.jobs import worker
+from engine.jobs import ownership, worker
 from engine.jobs.backends import make_backend
 from engine.jobs.ledger import Ledger, ledger_path
 from engine.jobs.serving import recover_jobs
@@ -73,6 +73,7 @@ class JobSpec:
     run_name: str | None = None
     parent_run_id: str | None = None
     tags: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
+    owner: str | None = None  # the signed-in user who submits it (tags `owner`, `mlflow.user`)
 
     def __post_init__(self) -> None:  # decode raw bytes here, once; decoded images pass as they are
         inputs = Inputs.decode(self.content, self.styles)
@@ -199,6 +200,7 @@ class JobQueue:
         try:
             self._recovery = self._recover()
             self._finalise_ready_groups()
+            ownership.delete_pending(self.tracking_uri)
         finally:
             self._started.set()
 
@@ -264,6 +266,7 @@ class JobQueue:
                     log.warning("Could not write back %s: %s", folder, tracking.short_error(e))
                 continue
             log.info("Written back from %s: %s", folder, what)
+            ownership.delete_if_marked(self.tracking_uri, folder.name)  # marked deleted while it ran
             self._write_back_failed.discard(folder.name)
             with self._lock:
                 job = self._jobs.get(folder.name)
@@ -316,7 +319,7 @@ class JobQueue:
                 tags = {str(k): str(v) for k, v in spec.tags.items()} or None
                 run_ids.append(tracking.create_run(uri, spec.experiment, spec.config, inputs, source=spec.source,
                                                    parent_run_id=spec.parent_run_id, run_name=spec.run_name,
-                                                   tags=tags))  # fmt: skip
+                                                   tags=tags, owner=spec.owner))  # fmt: skip
             batch = uuid.uuid4().hex
             width, height = inputs.content.image.size
             with self._lock:
@@ -334,11 +337,13 @@ class JobQueue:
         self._pool.notify()
         return run_ids
 
-    def cancel(self, run_id: str) -> bool:
+    def cancel(self, run_id: str, *, actor: tracking.Actor = tracking.SINGLE_USER) -> bool:
         """Cancel a queued job (its run ends KILLED, it never runs) or a running one, on any worker (the
         loop stops after the current step; the run ends KILLED with the best image so far as
         result.png; in a batch whose other jobs run on, see `submit_batch`). False when the job is
-        unknown or already over."""
+        unknown or already over. NotAllowed when `actor` may not change the run (`tracking.access`)."""
+        if not actor.single_user:
+            ownership.check_owner(self.tracking_uri, run_id, actor, "cancel")
         if self.ledger.withdraw(run_id):
             self._end_unstarted(run_id, "cancelled before it started")
             return True
@@ -354,6 +359,13 @@ class JobQueue:
         except Exception as e:  # a local worker still sees the local flag
             log.warning("Could not record the cancel of %s in the store: %s", run_id, e)
         return True
+
+    def delete(self, run_id: str, *, actor: tracking.Actor = tracking.SINGLE_USER) -> ownership.Deleted:
+        """Delete a run (MLflow's soft delete) and, for a sweep's or a layer strip's parent, its children;
+        active ones are cancelled first and deleted by the service once they end (see `ownership.delete`).
+        NotAllowed, with nothing changed, when `actor` may not change the run (a group's parent's owner owns
+        the group)."""
+        return ownership.delete(self, run_id, actor)
 
     def _end_unstarted(self, run_id: str, reason: str) -> None:
         with contextlib.suppress(Exception):
@@ -377,9 +389,11 @@ class JobQueue:
                 self._finalisers.append(finaliser)
 
     def _group_maybe_done(self, run_id: str) -> None:
-        """The service, not a page, ends a group's parent: once, by whoever ends its last child."""
+        """The service, not a page, ends a group's parent: once, by whoever ends its last child. A run
+        ended after someone deleted it is soft-deleted here first (`ownership.delete`)."""
         try:
             parent = tracking.parent_of(self.tracking_uri, run_id)
+            ownership.delete_if_marked(self.tracking_uri, run_id)  # after a read that answered: no extra wait
             if parent and tracking.group_ready(self.tracking_uri, parent):
                 self._finalise_group(parent)
         except Exception:
@@ -397,6 +411,8 @@ class JobQueue:
         with self._lock:
             finalisers = list(self._finalisers)
         if not finalisers or not self.ledger.claim_group_end(parent):
+            return
+        if ownership.end_deleted_group(self.tracking_uri, parent):  # no contact sheet for a deleted group
             return
         for finalise in finalisers:
             try:

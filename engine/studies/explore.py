@@ -324,11 +324,13 @@ def submit_strip(
     steps: int = DEFAULT_STEPS,
     seed: int = DEFAULT_SEED,
     experiment: str = tracking.DEFAULT_EXPERIMENT,
+    owner: str | None = None,
 ) -> tuple[str, list[tuple[str, str]]]:
     """Submit a strip as one parent run (tags `source=explorer`, `explorer.kind`) and one job per layer
     (`source=explorer`, run name "<kind title>: <label>", tags `explorer.kind`, `explorer.label`,
     `explorer.index`), all from the same white noise. Returns (parent run id, [(label, child run id)]). When
-    the last child ends, the job service ends the parent (`finalise_group`)."""
+    the last child ends, the job service ends the parent (`finalise_group`). `owner`: the signed-in user
+    who starts it, owner of the parent and every layer's run."""
     configs = strip_configs(kind, size, steps, seed)
     inputs = images.Inputs.decode(content, [style])  # once, for every layer
     uri = tracking.check_reachable(queue.tracking_uri)
@@ -342,7 +344,7 @@ def submit_strip(
               "explorer.labels": ",".join(label for label, _ in configs)}  # fmt: skip
     parent = tracking.create_parent_run(
         uri, experiment, name=f"{KIND_TITLES[kind]} ({size} px, {steps} steps)", params=params, source=SOURCE,
-        tags=tags, size=len(configs),
+        tags=tags, size=len(configs), owner=owner,
     )  # fmt: skip
     queue.add_group_finaliser(finalise_group)
     children: list[tuple[str, str]] = []
@@ -360,6 +362,7 @@ def submit_strip(
                 run_name=f"{KIND_TITLES[kind]}: {label}",
                 parent_run_id=parent,
                 tags={"explorer.kind": kind, "explorer.label": label, "explorer.index": str(index)},
+                owner=owner,
             )
             children.append((label, queue.submit(spec)))
     except BaseException as e:

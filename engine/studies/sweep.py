@@ -364,13 +364,14 @@ def submit_sweep(
     name: str | None = None,
     experiment: str = tracking.DEFAULT_EXPERIMENT,
     poll_s: float = 0.25,
+    owner: str | None = None,
 ) -> SweepHandle:
     """Submit one parent run and one child run per setting of `expand(base, axes)` (same inputs and
     seed, unless swept), in row-major order, and return at once. Settings that can share a batch run as
     batches of at most `MAX_BATCH` (tags `batch.size`, `batch.index`); the others as separate jobs.
     InputError, with nothing logged, when an axis, a value or an image is wrong or the store is
     unreachable. When the last child ends, the job service finalises the parent (contact sheet, status:
-    `finalise_group`)."""
+    `finalise_group`). `owner`: the signed-in user who starts it, owner of the parent and every child."""
     axes = list(axes)
     settings = expand(base, axes)
     inputs = images.Inputs.decode(content, styles)  # once, for every child
@@ -403,7 +404,7 @@ def submit_sweep(
         name = f"sweep {' x '.join(axis.param for axis in axes)} ({'x'.join(str(len(a.values)) for a in axes)})"
     try:
         parent = tracking.create_parent_run(uri, experiment, name=name, params=params, source="sweep", tags=tags,
-                                            size=len(settings))  # fmt: skip
+                                            size=len(settings), owner=owner)  # fmt: skip
     except Exception as e:
         raise InputError(f"Cannot create the sweep's run in the MLflow store {uri}: {e}") from e
     queue.add_group_finaliser(finalise_group)
@@ -429,6 +430,7 @@ def submit_sweep(
                 run_name=label,
                 parent_run_id=parent,
                 tags=child_tags,
+                owner=owner,
             )
         )
     run_ids: dict[int, str] = {}  # setting index -> run id
@@ -454,13 +456,17 @@ def cancel_sweep(
     *,
     queue: JobQueue | None = None,
     run_ids: Sequence[str] | None = None,
+    actor: tracking.Actor = tracking.SINGLE_USER,
 ) -> int:
     """Cancel a running sweep: tag the parent `sweep.cancelled` (so it ends KILLED) and cancel every child
     `queue` still has queued or running (`run_ids`, default: read from MLflow). Returns how many were
     cancelled. Without a queue (another process runs them) only the tag is set; a sweep that has
-    already ended is left as it is (0)."""
+    already ended is left as it is (0). NotAllowed, with nothing changed, when `actor` may not change
+    the sweep (the parent's owner owns the sweep)."""
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    if tracking.load_run(uri, _check_run_id(parent_run_id)).status in _TERMINAL:
+    parent = tracking.load_run(uri, _check_run_id(parent_run_id))
+    tracking.check_may_change(actor, tracking.run_owner(parent.tags), "cancel")
+    if parent.status in _TERMINAL:
         return 0
     tracking.set_run_tags(uri, parent_run_id, {"sweep.cancelled": "true"})
     if queue is None:

@@ -4,6 +4,8 @@
 - `store`: where the store is, whether it answers, the experiment;
 - `recorder`: `create_run` (a job is stored as a SCHEDULED run) and `RunRecorder` (steps and result);
 - `groups`: parent runs (sweeps, layer strips), status and tag changes;
+- `access`: who owns a run and who may change it (cancel, delete);
+- `deletion`: deleting runs (MLflow's soft delete, once they are over);
 - `orphans`: which process wrote a run, and runs a dead process left active;
 - `readers`: runs, histories, images and artifacts read back;
 - `replay`: writing back a run whose store failed mid-run, from the folder it was saved in;
@@ -12,6 +14,23 @@
 The names below are the package's interface; its modules are private to it.
 """
 
+from engine.tracking.access import (
+    SINGLE_USER,
+    Actor,
+    NotAllowed,
+    check_may_change,
+    may_change,
+    refusal,
+    run_owner,
+)
+from engine.tracking.deletion import (
+    Deletion,
+    children_of,
+    delete_if_marked,
+    deletion_of,
+    mark_deleted,
+    pending_deletions,
+)
 from engine.tracking.groups import (
     cancel_requested,
     create_parent_run,
@@ -40,7 +59,11 @@ from engine.tracking.replay import is_written_back, pending_write_backs, saved_r
 from engine.tracking.schema import (
     ACTIVE,
     DEFAULT_EXPERIMENT,
+    DELETE_TAG,
+    DELETED_BY_TAG,
+    GROUP_ROLE_TAG,
     IMAGE_KEY,
+    OWNER_TAG,
     SOURCES,
     STATUSES,
     TERMINAL,
@@ -62,21 +85,33 @@ __all__ = [
     "ACTIVE",
     "CHECK_TIMEOUT_S",
     "DEFAULT_EXPERIMENT",
+    "DELETED_BY_TAG",
+    "DELETE_TAG",
+    "GROUP_ROLE_TAG",
     "IMAGE_KEY",
+    "OWNER_TAG",
+    "SINGLE_USER",
     "SOURCES",
     "STATUSES",
     "TERMINAL",
     "THUMBNAIL_SIZE",
+    "Actor",
+    "Deletion",
+    "NotAllowed",
     "RunRecorder",
     "RunSummary",
     "StoreUnavailable",
     "UILinks",
     "cancel_requested",
+    "check_may_change",
     "check_reachable",
+    "children_of",
     "create_parent_run",
     "create_run",
     "default_artifact_root",
     "default_fallback_root",
+    "delete_if_marked",
+    "deletion_of",
     "download_artifact",
     "end_status",
     "get_or_create_experiment",
@@ -89,17 +124,22 @@ __all__ = [
     "load_inputs",
     "load_run",
     "log_run_image",
+    "mark_deleted",
     "mark_orphaned_runs",
+    "may_change",
     "metric_history",
     "mlflow_ui_command",
     "mlflow_ui_links",
     "parent_of",
+    "pending_deletions",
     "pending_write_backs",
     "pid_alive",
     "process_start",
     "ready_groups",
+    "refusal",
     "request_cancel",
     "resolve_tracking_uri",
+    "run_owner",
     "saved_run",
     "set_run_status",
     "set_run_tags",

@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 
 from mlflow import MlflowClient
-from mlflow.entities import Param, RunTag
+from mlflow.entities import Param, RunTag, ViewType
 from PIL import Image
 
 from engine.tracking.orphans import process_start, worker_id
@@ -16,7 +16,9 @@ from engine.tracking.schema import (
     DEFAULT_EXPERIMENT,
     GROUP_ROLE_TAG,
     GROUP_SIZE_TAG,
+    OWNER_TAG,
     TERMINAL,
+    USER_TAG,
 )
 from engine.tracking.store import get_or_create_experiment, resolve_tracking_uri
 
@@ -33,12 +35,16 @@ def create_parent_run(
     source: str = "sweep",
     tags: dict[str, str] | None = None,
     size: int,
+    owner: str | None = None,
 ) -> str:
     """A RUNNING parent run of a group (a sweep, a layer strip) of `size` children, which pass
     `parent_run_id=` when they are created. The job service ends it once all `size` have ended
-    (`group_ready`); a parent's state follows its children, so no orphan check ever fails it."""
+    (`group_ready`); a parent's state follows its children, so no orphan check ever fails it. `owner`:
+    the signed-in user who starts the group (tags `owner`, `mlflow.user`), as for its children."""
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
     run_tags = {"source": source, "worker": worker_id(), GROUP_ROLE_TAG: "parent", GROUP_SIZE_TAG: str(size)}
+    if owner:
+        run_tags |= {OWNER_TAG: owner, USER_TAG: owner}
     if start := process_start(os.getpid()):
         run_tags["worker_start"] = start
     run = client.create_run(
@@ -99,8 +105,8 @@ def group_ready(tracking_uri: str | None, parent_run_id: str) -> bool:
     size = parent.data.tags.get(GROUP_SIZE_TAG, "")
     if parent.info.status != "RUNNING" or not size.isdigit():
         return False
-    children = client.search_runs(
-        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000
+    children = client.search_runs(  # deleted children count too: they have ended
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", ViewType.ALL, max_results=5000
     )
     return sum(c.info.status in TERMINAL for c in children) >= int(size)
 

@@ -20,7 +20,7 @@ from mlflow.entities import Run, ViewType
 from engine.core.config import TransferConfig
 from engine.core.errors import InputError
 from engine.core.images import Inputs
-from engine.tracking.schema import DEFAULT_EXPERIMENT, IMAGE_KEY
+from engine.tracking.schema import DEFAULT_EXPERIMENT, DELETE_TAG, IMAGE_KEY
 from engine.tracking.store import local_path, resolve_tracking_uri, short_error
 
 # --------------------------------------------------------------------------------------------------
@@ -80,7 +80,7 @@ def list_runs(
     filter_string: str = "",
     max_results: int = 500,
 ) -> pd.DataFrame:
-    """Runs of `experiment`, newest first, from ONE search: columns run_id, run_name, status,
+    """Runs of `experiment` (deleted ones left out), newest first, from ONE search: columns run_id, run_name, status,
     start_time, end_time (UTC), source, parent_run_id, failure_reason, artifact_uri, thumbnail_uri,
     thumbnail_path (the local file when the artifact store is on this machine and the thumbnail exists,
     else missing (test with `pd.isna`): fetch it with `download_artifact(uri, run_id, "thumbnail.png")`),
@@ -108,6 +108,8 @@ def list_runs(
     rows = []
     for run in runs:
         info, data = run.info, run.data
+        if DELETE_TAG in data.tags:  # deleted, to be soft-deleted when it is over (see `deletion`)
+            continue
         root = _local_artifact_root(info.artifact_uri)
         thumb = root / "thumbnail.png" if root is not None else None
         row: dict[str, Any] = {
@@ -214,6 +216,7 @@ class RunSummary(NamedTuple):
     params: dict[str, str]
     metrics: dict[str, float]  # latest value of each metric
     tags: dict[str, str]
+    lifecycle_deleted: bool = False  # soft-deleted in MLflow (see `deletion`; pages use `deletion_of`)
 
 
 def load_run(tracking_uri: str | None, run_id: str) -> RunSummary:
@@ -230,6 +233,7 @@ def load_run(tracking_uri: str | None, run_id: str) -> RunSummary:
         params=dict(run.data.params),
         metrics=dict(run.data.metrics),
         tags=dict(run.data.tags),
+        lifecycle_deleted=run.info.lifecycle_stage == "deleted",
     )
 
 

@@ -11,7 +11,8 @@ Naming (see DESIGN.md, "MLflow naming contract"):
   256-px WebP, and tags the run `mlflow.loggedImages`);
 - artifacts: `inputs/content.png`, `inputs/style.png` (`inputs/style_<i>.png` for further styles),
   `config.json`, `result.png`, `thumbnail.png` (long side ≤ 256);
-- tags: `source`, `sha256.content`, `sha256.style.<i>`, `device`, `device_name`, `gpu` (CUDA only),
+- tags: `owner` and `mlflow.user` (the signed-in user; without sign-in `mlflow.user` is the OS user),
+  `source`, `sha256.content`, `sha256.style.<i>`, `device`, `device_name`, `gpu` (CUDA only),
   `torch_version`, `stylelab_version`, `worker` ("<host>:<pid>") and `worker_start`, `failure_reason`
   and `stopped` when they apply, `mlflow.parentRunId` for children of a group (see `groups`).
 
@@ -55,8 +56,10 @@ from engine.tracking.schema import (
     DEFAULT_FLUSH_EVERY,
     DEFAULT_SNAPSHOTS,
     IMAGE_KEY,
+    OWNER_TAG,
     SOURCES,
     THUMBNAIL_SIZE,
+    USER_TAG,
 )
 from engine.tracking.store import (
     default_fallback_root,
@@ -110,11 +113,13 @@ def create_run(
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
     device: str | torch.device | None = None,
+    owner: str | None = None,
 ) -> str:
     """Create a run with its params, tags, inputs (`inputs/*.png`) and `config.json`, as SCHEDULED (a
     job accepted into the queue) or RUNNING, and return its run id: from here on the store holds
-    everything needed to run it, on any worker. InputError when the store refuses; a run half created
-    is ended FAILED."""
+    everything needed to run it, on any worker. `owner`: the signed-in user who starts it (tags `owner`
+    and `mlflow.user`); without one, `mlflow.user` is the OS user. InputError when the store refuses; a
+    run half created is ended FAILED."""
     check_style_images((), len(inputs.styles))
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
@@ -133,8 +138,11 @@ def create_run(
         **({"worker_start": start} if (start := process_start(os.getpid())) else {}),
         **(tags or {}),
     }
-    with contextlib.suppress(Exception):
-        run_tags.setdefault("mlflow.user", getpass.getuser())
+    if owner:  # the signed-in user is the run's owner and MLflow's "User"
+        run_tags |= {OWNER_TAG: owner, USER_TAG: owner}
+    else:
+        with contextlib.suppress(Exception):
+            run_tags.setdefault(USER_TAG, getpass.getuser())
     if parent_run_id:
         run_tags["mlflow.parentRunId"] = parent_run_id
     try:

@@ -20,3 +20,7 @@ STATUSES = (*ACTIVE, *TERMINAL)
 CANCEL_TAG = "cancel_requested"  # set on a run to stop it, read by whichever worker runs it
 GROUP_ROLE_TAG = "group.role"  # "parent" on a sweep's or a layer strip's parent run
 GROUP_SIZE_TAG = "group.size"  # how many children the parent waits for
+OWNER_TAG = "owner"  # the signed-in user who started the run (with sign-in on; see `access`)
+USER_TAG = "mlflow.user"  # MLflow's own "User": the owner with sign-in on, else the OS user
+DELETE_TAG = "delete_requested"  # when someone deleted the run (UTC, ISO 8601); it is soft-deleted once over
+DELETED_BY_TAG = "deleted_by"  # who deleted it, when sign-in says who
