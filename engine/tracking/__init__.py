@@ -36,7 +36,7 @@ from engine.tracking.readers import (
     metric_history,
 )
 from engine.tracking.recorder import RunRecorder, create_run, end_status
-from engine.tracking.replay import is_written_back, pending_write_backs, saved_run, write_back
+from engine.tracking.replay import is_written_back, pending_write_backs, saved_folder, saved_run, write_back
 from engine.tracking.schema import (
     ACTIVE,
     DEFAULT_EXPERIMENT,
@@ -45,6 +45,8 @@ from engine.tracking.schema import (
     STATUSES,
     TERMINAL,
     THUMBNAIL_SIZE,
+    check_run_id,
+    is_run_id,
 )
 from engine.tracking.store import (
     CHECK_TIMEOUT_S,
@@ -73,6 +75,7 @@ __all__ = [
     "UILinks",
     "cancel_requested",
     "check_reachable",
+    "check_run_id",
     "create_parent_run",
     "create_run",
     "default_artifact_root",
@@ -83,6 +86,7 @@ __all__ = [
     "group_ready",
     "http_timeout_s",
     "image_steps",
+    "is_run_id",
     "is_written_back",
     "list_runs",
     "load_config",
@@ -100,6 +104,7 @@ __all__ = [
     "ready_groups",
     "request_cancel",
     "resolve_tracking_uri",
+    "saved_folder",
     "saved_run",
     "set_run_status",
     "set_run_tags",

@@ -6,6 +6,10 @@ there is no second set of job states.
 
 from __future__ import annotations
 
+import re
+
+from engine.core.errors import InputError
+
 DEFAULT_EXPERIMENT = "style-transfer"
 SOURCES = ("cli", "app", "sweep", "explorer")
 IMAGE_KEY = "generated"
@@ -20,3 +24,25 @@ STATUSES = (*ACTIVE, *TERMINAL)
 CANCEL_TAG = "cancel_requested"  # set on a run to stop it, read by whichever worker runs it
 GROUP_ROLE_TAG = "group.role"  # "parent" on a sweep's or a layer strip's parent run
 GROUP_SIZE_TAG = "group.size"  # how many children the parent waits for
+
+
+# MLflow's stores name a run `uuid.uuid4().hex`: 32 lowercase hexadecimal characters. Ids come from
+# addresses people type or paste (`/runs?run=<id>`), and reach store queries, artifact and cache paths
+# and the folder a run is saved in while its store is down, so each is checked here before any of that.
+RUN_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
+
+
+def is_run_id(text: object) -> bool:
+    """Whether `text` has the form of an MLflow run id (it may still name no run)."""
+    return isinstance(text, str) and RUN_ID_PATTERN.fullmatch(text) is not None
+
+
+def check_run_id(text: object) -> str:
+    """`text` when it has the form of a run id; else InputError saying what a run id looks like."""
+    if is_run_id(text):
+        return text  # type: ignore[return-value]
+    shown = repr(text) if len(str(text)) <= 40 else repr(str(text)[:39] + "…")
+    raise InputError(
+        f"{shown} is not a run id: run ids are 32 hexadecimal characters (0-9, a-f), as in a run page's "
+        "address. Check the link, or open the Runs page and pick the run there."
+    )
