@@ -274,7 +274,7 @@ for rid in run_ids:
         unknown.append(rid)
 others = "; showing the others." if len(runs) >= 2 else "."
 if malformed:
-    shown = ", ".join(f"`{rid[:40]}`" for rid in malformed)
+    shown = ", ".join(tracking.shown_id(rid) for rid in malformed)
     what = "Not run ids" if len(malformed) > 1 else "Not a run id"
     st.error(f"{what}: {shown} (run ids are 32 hexadecimal characters, 0-9 and a-f){others}", icon="⚠️")
 if unknown:

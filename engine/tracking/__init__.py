@@ -47,6 +47,7 @@ from engine.tracking.schema import (
     THUMBNAIL_SIZE,
     check_run_id,
     is_run_id,
+    shown_id,
 )
 from engine.tracking.store import (
     CHECK_TIMEOUT_S,
@@ -109,6 +110,7 @@ __all__ = [
     "set_run_status",
     "set_run_tags",
     "short_error",
+    "shown_id",
     "worker_id",
     "write_back",
 ]

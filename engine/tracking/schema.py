@@ -37,12 +37,19 @@ def is_run_id(text: object) -> bool:
     return isinstance(text, str) and RUN_ID_PATTERN.fullmatch(text) is not None
 
 
+def shown_id(text: object) -> str:
+    """A value given as a run id, quoted for a message: as it is when it is a short word, else described
+    (a page never echoes a path, or whatever else an address carried)."""
+    if isinstance(text, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,40}", text):
+        return repr(text)
+    return "The run id in this address"
+
+
 def check_run_id(text: object) -> str:
     """`text` when it has the form of a run id; else InputError saying what a run id looks like."""
     if is_run_id(text):
         return text  # type: ignore[return-value]
-    shown = repr(text) if len(str(text)) <= 40 else repr(str(text)[:39] + "…")
     raise InputError(
-        f"{shown} is not a run id: run ids are 32 hexadecimal characters (0-9, a-f), as in a run page's "
-        "address. Check the link, or open the Runs page and pick the run there."
+        f"{shown_id(text)} is not a run id: run ids are 32 hexadecimal characters (0-9, a-f), as in a run "
+        "page's address. Check the link, or open the Runs page and pick the run there."
     )
