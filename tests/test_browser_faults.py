@@ -124,15 +124,21 @@ def test_eight_sessions_pressing_run_at_once_get_eight_runs_each_page_its_own(se
                 raise
         wall = time.monotonic() - start
         shot(opened[0][1], "faults-eight-session-0-finished")
-        print(f"{SESSIONS} sessions: Run pressed within {clicked:.2f} s, all {SESSIONS} results shown after "
-              f"{wall:.1f} s")  # fmt: skip
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        (SCREENSHOTS.parent / "faults-eight-at-once.json").write_text(
-            json.dumps({"sessions": SESSIONS, "sizes": sizes, "steps": STEPS, "clicks_within_s": round(clicked, 2),
-                        "all_results_shown_s": round(wall, 1)}) + "\n")  # fmt: skip
 
         runs = tracking.list_runs(served.uri)
         new = runs[~runs["run_id"].isin(before)]
+        seconds = {  # from the store: when the runs were created and ended, and each one's own time
+            "created_within_s": (new["start_time"].max() - new["start_time"].min()).total_seconds(),
+            "first_created_to_last_ended_s": (new["end_time"].max() - new["start_time"].min()).total_seconds(),
+            "optimisation_s_each": sorted(round(t, 2) for t in new["metrics.time/total_seconds"]),
+        }
+        figures = {"sessions": SESSIONS, "sizes": sizes, "steps": STEPS, "clicks_within_s": round(clicked, 2),
+                   "all_results_shown_s": round(wall, 1), "load_average_1min": os.getloadavg()[0],
+                   **seconds}  # fmt: skip
+        print(f"{SESSIONS} sessions at once: {figures}")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        (SCREENSHOTS.parent / "faults-eight-at-once.json").write_text(json.dumps(figures) + "\n")
+
         assert len(new) == SESSIONS, "runs lost or duplicated"
         assert sorted(page_runs) == sorted(new["run_id"]), "each page shows one of the new runs, none twice"
         assert set(new["status"]) == {"FINISHED"}
@@ -157,7 +163,7 @@ def xsrf_token(context) -> str:
 
 
 def test_an_upload_over_the_limit_is_refused_by_the_browser_and_by_the_server(served, browser, content_png,
-                                                                               style_png):  # fmt: skip
+                                                                               style_png, tmp_path):  # fmt: skip
     context, page = open_page(browser, f"{served.url}/studio")
     try:
         put_urls: list[str] = []
@@ -168,10 +174,14 @@ def test_an_upload_over_the_limit_is_refused_by_the_browser_and_by_the_server(se
         page.get_by_text("The server has your content image").wait_for()
         session_id = put_urls[0].split("/_stcore/upload_file/", 1)[1].split("/")[0]
         too_big = b"\x89PNG\r\n\x1a\n" + b"\x00" * ((UPLOAD_LIMIT_MB + 1) * 2**20)
+        (tmp_path / "huge.png").write_bytes(too_big)  # Playwright hands the browser files over 50 MB by path
 
         # In the browser: the widget refuses it and says why; nothing is sent.
-        page.locator("input[type=file]").nth(1).set_input_files(file("huge.png", too_big))
+        page.locator("input[type=file]").nth(1).set_input_files(tmp_path / "huge.png")
+        # (its alert, for screen readers and the red mark's tooltip; the studio's caption says it for all)
         page.get_by_text(re.compile(rf"File must be {UPLOAD_LIMIT_MB}(\.0)? ?MB or smaller")).wait_for()
+        page.get_by_text(f"Up to {UPLOAD_LIMIT_MB} MB").wait_for()
+        assert page.get_by_text("A larger file is marked red in the uploader and never sent").is_visible()
         shot(page, "faults-upload-over-the-limit")
         assert len(put_urls) == 1
 

@@ -63,7 +63,8 @@ with upload_right:
     style_files = st.file_uploader(
         "Style image(s) S", type=UPLOAD_TYPES, accept_multiple_files=True, key="styles", help=UPLOAD_LIMITS
     )
-st.caption(UPLOAD_LIMITS)
+st.caption(f"{UPLOAD_LIMITS} A larger file is marked red in the uploader and never sent: shrink it, or save it as "
+           "JPEG, and choose it again.")  # the browser refuses it, so this page never hears of it
 
 # An upload wins over a sample, and a sample over a cloned run's inputs.
 if content_file:
