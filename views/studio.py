@@ -128,7 +128,6 @@ if st.checkbox("Instant preview (AdaIN)", key="adain_preview", help="Huang & Bel
         )
 
 
-
 def refused(exc: InputError) -> None:
     """A submit refused before anything was stored or queued; a store that does not answer is said in
     the visitor's terms (what is wrong, that nothing started, what to do), not the admin's hint."""
