@@ -41,6 +41,9 @@ PlaywrightTimeout = pytest.importorskip("playwright.sync_api").TimeoutError
 ROOT = Path(__file__).resolve().parents[1]
 SESSIONS = 8
 STEPS = 3
+# One CPU worker runs the eight runs one after another: about 25 s each on this 2-core machine when it is
+# shared by four test suites (load average 18), so this bound only catches a run that never ends.
+ALL_RESULTS_WITHIN_S = 600
 UPLOAD_LIMIT_MB = 50  # .streamlit/config.toml server.maxUploadSize
 
 pytestmark = BROWSER_TEST
@@ -65,7 +68,7 @@ def file(name: str, data: bytes, mime: str = "image/png") -> dict:
 def open_page(browser, url: str):
     context = browser.new_context(viewport={"width": 1300, "height": 950})
     page = context.new_page()
-    page.set_default_timeout(60_000)
+    page.set_default_timeout(120_000)  # a first page of a fresh server on a busy machine takes a while
     page.goto(url)
     return context, page
 
@@ -113,11 +116,15 @@ def test_eight_sessions_pressing_run_at_once_get_eight_runs_each_page_its_own(se
             button.click(no_wait_after=True)
         clicked = time.monotonic() - start
         page_runs = []
-        for _, page in opened:
-            page.wait_for_url(re.compile(r"/runs\?run=[0-9a-f]{32}$"), timeout=120_000)
+        for i, (_, page) in enumerate(opened):
+            try:
+                page.wait_for_url(re.compile(r"/runs\?run=[0-9a-f]{32}$"), timeout=120_000)
+            except PlaywrightTimeout:
+                shot(page, f"faults-eight-session-{i}-no-run")
+                pytest.fail(f"session {i} did not reach its run's page: {page.inner_text('body')[-600:]!r}")
             page_runs.append(page.url.rsplit("run=", 1)[1])
         for i, (_, page) in enumerate(opened):
-            left_ms = max(5_000, (240 - (time.monotonic() - start)) * 1000)
+            left_ms = max(5_000, (ALL_RESULTS_WITHIN_S - (time.monotonic() - start)) * 1000)
             try:
                 page.get_by_text("result G").wait_for(timeout=left_ms)
                 page.get_by_text("Download result.png").wait_for(timeout=10_000)
@@ -290,7 +297,11 @@ def test_run_is_refused_while_the_server_is_down_and_the_same_page_submits_once_
         context, page = open_page(browser, f"{url}/studio")
         page.get_by_text("Upload a content image").wait_for()
         upload_pair(page, content_png, style_png)
-        page.get_by_text("content, 64×48").wait_for()
+        try:
+            page.get_by_text("content, 64×48").wait_for()
+        except PlaywrightTimeout:
+            shot(page, "faults-store-down-upload")
+            raise
         set_number(page, "Size (long side, px)", 32)
         set_number(page, "Steps", STEPS)
         page.get_by_text("Estimate on").wait_for()
