@@ -32,3 +32,19 @@ def set_number(page, label: str, value: int) -> None:
     box.fill(str(value))
     box.press("Enter")
     page.wait_for_timeout(400)
+
+
+def put_from_page(page, url: str, size: int, xsrf_token: str | None) -> int:
+    """PUT a multipart upload of `size` zero bytes to `url` from inside the page (fetch, the page's cookies,
+    the X-Xsrftoken header when given), as Streamlit's uploader does; the HTTP status. The body is made in
+    the browser: handing tens of MB to it through Playwright takes minutes on a busy machine."""
+    return page.evaluate(
+        """async ([url, size, token]) => {
+            const form = new FormData();
+            form.append("file", new Blob([new Uint8Array(size)], {type: "image/png"}), "huge.png");
+            const headers = token ? {"X-Xsrftoken": token} : {};
+            const answer = await fetch(url, {method: "PUT", body: form, headers, credentials: "same-origin"});
+            return answer.status;
+        }""",
+        [url, size, xsrf_token],
+    )

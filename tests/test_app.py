@@ -147,7 +147,7 @@ def test_history_lists_runs_and_a_bad_permalink_is_explained(store, finished_run
     bad = app(run="no-such-run")
     bad.switch_page("views/runs.py").run()
     assert not bad.exception
-    assert "No run 'no-such-run'" in "\n".join(e.value for e in bad.error)
+    assert "'no-such-run' is not a run id" in "\n".join(e.value for e in bad.error)
 
 
 def test_a_failed_run_shows_why(store):

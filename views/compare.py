@@ -17,7 +17,7 @@ from PIL import Image
 from engine import tracking
 from engine.core.errors import InputError
 from engine.studies import compare
-from views.common import mlflow_ui_base, store_down, store_failed, tracking_uri
+from views.common import mlflow_ui_base, store_down, store_failed, store_label, tracking_uri
 
 STATUS_ICON = {
     "FINISHED": ":material/check_circle:", "RUNNING": ":material/autorenew:", "SCHEDULED": ":material/schedule:",
@@ -262,17 +262,25 @@ if run_ids and (down := store_down()):
 
 runs: list[tracking.RunSummary] = []
 unknown: list[str] = []
+malformed = [rid for rid in run_ids if not tracking.is_run_id(rid)]  # never sent to the store
 for rid in run_ids:
+    if rid in malformed:
+        continue
     try:
         runs.append(tracking.load_run(uri, rid))
     except InputError as exc:
         if store_down(fresh=True):
             store_failed(exc)
         unknown.append(rid)
+others = "; showing the others." if len(runs) >= 2 else "."
+if malformed:
+    shown = ", ".join(tracking.shown_id(rid) for rid in malformed)
+    what = "Not run ids" if len(malformed) > 1 else "Not a run id"
+    st.error(f"{what}: {shown} (run ids are 32 hexadecimal characters, 0-9 and a-f){others}", icon="⚠️")
 if unknown:
     st.error(
         f"No run{'s' if len(unknown) > 1 else ''} {', '.join(f'`{rid}`' for rid in unknown)} in the MLflow "
-        f"store `{uri}`" + ("; showing the others." if len(runs) >= 2 else "."),
+        f"store ({store_label(uri)}){others}",
         icon="⚠️",
     )
 if len(runs) < 2:

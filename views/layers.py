@@ -140,7 +140,7 @@ def show_strip(parent_id: str) -> None:
     try:
         parent = tracking.load_run(tracking_uri(), parent_id)
     except InputError as exc:
-        st.warning(f"Cannot open strip {parent_id}: {visitor_text(exc)}")
+        st.warning(f"Cannot open the strip in this address: {visitor_text(exc)}")
         return
     st.markdown(f"**{parent.name}** · `{parent_id}` · {parent.status.lower()}")
     if parent.status in ACTIVE:
@@ -161,6 +161,11 @@ st.caption(
     "Sizes are small by default so this fits a CPU."
 )
 
+if "run" in st.query_params:  # not this page's parameter (a run page's address with /layers in it?)
+    st.info(
+        "This page takes no run in its address. To see what the layers see in a run's inputs, pick the run "
+        "under 'Or use the inputs of a recent run'; `?strip=<parent id>` reopens a reconstruction strip."
+    )
 if down := store_down():
     st.warning(f"{down} Uploads work here meanwhile.", icon=":material/cloud_off:")
 runs = recent_runs()

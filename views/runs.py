@@ -35,6 +35,10 @@ STATUS_ICON = {
 
 
 def run_page(run_id: str) -> None:
+    try:  # the id comes from the address: checked before it reaches the store or a folder name
+        tracking.check_run_id(run_id)
+    except InputError as exc:
+        input_error(exc)
     if store_down():
         waiting_view(run_id)
         return
@@ -82,7 +86,7 @@ def saved_locally(run_id: str) -> str | None:
     progress = queue.progress(run_id)
     if progress is not None and progress.done and progress.warning:
         return visitor_text(progress.warning)
-    folder = queue.fallback_root / run_id
+    folder = tracking.saved_folder(queue.fallback_root, run_id)
     if (folder / "metrics.json").is_file() and not tracking.is_written_back(folder):
         return visitor_text(
             f"The tracking store failed during this run; its result, config and metrics were saved in {folder}."

@@ -20,6 +20,7 @@ from views.common import (
     input_error,
     job_queue,
     settings_ui,
+    store_down_text,
     tracking_uri,
     visitor_text,
 )
@@ -43,7 +44,7 @@ if clone_id:
         cloned_inputs = tracking.load_inputs(tracking_uri(), clone_id)
         st.info(f"Settings and inputs of run `{clone_id}`. Upload other images to replace them.")
     except InputError as exc:
-        st.warning(f"Could not clone run {clone_id}: {visitor_text(exc)}")
+        st.warning(f"Could not clone this run: {visitor_text(exc)}")
 
 use_samples = st.toggle(
     "Try the sample images", key="use_samples",
@@ -63,7 +64,8 @@ with upload_right:
     style_files = st.file_uploader(
         "Style image(s) S", type=UPLOAD_TYPES, accept_multiple_files=True, key="styles", help=UPLOAD_LIMITS
     )
-st.caption(UPLOAD_LIMITS)
+st.caption(f"{UPLOAD_LIMITS} A larger file is marked red in the uploader and never sent: shrink it, or save it as "
+           "JPEG, and choose it again.")  # the browser refuses it, so this page never hears of it
 
 # An upload wins over a sample, and a sample over a cloned run's inputs.
 if content_file:
@@ -126,12 +128,23 @@ if st.checkbox("Instant preview (AdaIN)", key="adain_preview", help="Huang & Bel
             "approximation (well under a second on a GPU). Initial image 'adain' starts the optimisation from it.",
         )
 
+
+def refused(exc: InputError) -> None:
+    """A submit refused before anything was stored or queued; a store that does not answer is said in
+    the visitor's terms (what is wrong, that nothing started, what to do), not the admin's hint."""
+    if isinstance(exc, tracking.StoreUnavailable):
+        st.error(f"Nothing was started: {store_down_text(exc.reason)} Your images and settings stay on this "
+                 "page: press Run again when it is back.", icon=":material/cloud_off:")  # fmt: skip
+        st.stop()
+    input_error(exc)
+
+
 if st.button("Run", type="primary", disabled=not fits):
     try:
         run_id = job_queue().submit(JobSpec(config=config, content=inputs.content, styles=inputs.styles,
                                             owner=auth.owner()))  # fmt: skip
     except InputError as exc:
-        input_error(exc)
+        refused(exc)
     st.switch_page("views/runs.py", query_params={"run": run_id})
 
 with st.expander("Sweep: vary one or two settings over a list or a grid"):
@@ -160,5 +173,5 @@ with st.expander("Sweep: vary one or two settings over a list or a grid"):
             handle = submit_sweep(job_queue(), config, [SweepAxis(p, v) for p, v in axes], inputs.content,
                                   inputs.styles, owner=auth.owner())  # fmt: skip
         except InputError as exc:
-            input_error(exc)
+            refused(exc)
         st.switch_page("views/sweep.py", query_params={"run": handle.parent_run_id})

@@ -440,6 +440,7 @@ def strip_image(imgs: Sequence[Image.Image | None], labels: Sequence[str], *, ti
 
 def strip_children(tracking_uri: str | None, parent_run_id: str, experiment: str = tracking.DEFAULT_EXPERIMENT):
     """The strip's children from MLflow, in strip order: [(label, run id, status)]."""
+    parent_run_id = tracking.check_run_id(parent_run_id)  # it goes into a search filter
     frame = tracking.list_runs(tracking_uri, experiment, f"tags.mlflow.parentRunId = '{parent_run_id}'")
     if frame.empty:
         return []

@@ -83,7 +83,6 @@ SHEET_ARTIFACT = "contact_sheet.png"
 SHEET_KEY = "contact_sheet"
 _PLAIN_PARAMS = tuple(f.name for f in dataclasses.fields(TransferConfig))  # includes "style_layers"
 _MAX_PARAM_LENGTH = 6000  # MLflow 3's limit on a param value
-_RUN_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 _TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
@@ -464,7 +463,7 @@ def cancel_sweep(
     already ended is left as it is (0). NotAllowed, with nothing changed, when `actor` may not change
     the sweep (the parent's owner owns the sweep)."""
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    parent = tracking.load_run(uri, _check_run_id(parent_run_id))
+    parent = tracking.load_run(uri, tracking.check_run_id(parent_run_id))
     tracking.check_may_change(actor, tracking.run_owner(parent.tags), "cancel")
     if parent.status in _TERMINAL:
         return 0
@@ -480,19 +479,13 @@ def cancel_sweep(
 # Reading a sweep back
 
 
-def _check_run_id(run_id: str) -> str:
-    if not _RUN_ID.match(run_id or ""):
-        raise InputError(f"Not a run id: {run_id!r}.")
-    return run_id
-
-
 def sweep_children(tracking_uri: str | None, parent_run_id: str, experiment: str | None = None) -> pd.DataFrame:
     """The sweep's child runs from ONE `list_runs` search (filter `tags.mlflow.parentRunId = '<id>'`), with
     the columns of `tracking.list_runs` plus `row`, `col` (the cell, -1 when unknown) and `label`, sorted
     by cell (newest first within one). `experiment` defaults to the parent's (tag `sweep.experiment`;
     one extra call)."""
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    _check_run_id(parent_run_id)
+    tracking.check_run_id(parent_run_id)
     if experiment is None:
         parent = tracking.load_run(uri, parent_run_id)
         experiment = parent.tags.get("sweep.experiment", tracking.DEFAULT_EXPERIMENT)
@@ -637,7 +630,7 @@ def sweep_grid(
     (status, quality metrics; with `with_images` the thumbnail of a finished run, the latest logged
     snapshot of a running one)."""
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    parent = tracking.load_run(uri, _check_run_id(parent_run_id))
+    parent = tracking.load_run(uri, tracking.check_run_id(parent_run_id))
     axes_param = parent.params.get("sweep.axes")
     if not axes_param:
         raise InputError(f"Run {parent_run_id} is not a sweep (it has no sweep.axes param).")
@@ -700,7 +693,7 @@ def finalise_sweep(tracking_uri: str | None, parent_run_id: str, *, force: bool 
     as it is. For a page or a restarted app to finish a sweep whose watcher died."""
     uri = tracking.resolve_tracking_uri(tracking_uri)
     with _finalise_lock:
-        parent = tracking.load_run(uri, _check_run_id(parent_run_id))
+        parent = tracking.load_run(uri, tracking.check_run_id(parent_run_id))
         if parent.status in _TERMINAL and parent.tags.get("sweep.contact_sheet"):
             return parent.status
         grid = sweep_grid(uri, parent_run_id, tile=tile)

@@ -55,7 +55,7 @@ from engine.tracking.readers import (
     metric_history,
 )
 from engine.tracking.recorder import RunRecorder, create_run, end_status
-from engine.tracking.replay import is_written_back, pending_write_backs, saved_run, write_back
+from engine.tracking.replay import is_written_back, pending_write_backs, saved_folder, saved_run, write_back
 from engine.tracking.schema import (
     ACTIVE,
     DEFAULT_EXPERIMENT,
@@ -68,6 +68,9 @@ from engine.tracking.schema import (
     STATUSES,
     TERMINAL,
     THUMBNAIL_SIZE,
+    check_run_id,
+    is_run_id,
+    shown_id,
 )
 from engine.tracking.store import (
     CHECK_TIMEOUT_S,
@@ -105,6 +108,7 @@ __all__ = [
     "cancel_requested",
     "check_may_change",
     "check_reachable",
+    "check_run_id",
     "children_of",
     "create_parent_run",
     "create_run",
@@ -118,6 +122,7 @@ __all__ = [
     "group_ready",
     "http_timeout_s",
     "image_steps",
+    "is_run_id",
     "is_written_back",
     "list_runs",
     "load_config",
@@ -140,10 +145,12 @@ __all__ = [
     "request_cancel",
     "resolve_tracking_uri",
     "run_owner",
+    "saved_folder",
     "saved_run",
     "set_run_status",
     "set_run_tags",
     "short_error",
+    "shown_id",
     "worker_id",
     "write_back",
 ]

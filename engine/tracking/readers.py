@@ -20,7 +20,7 @@ from mlflow.entities import Run, ViewType
 from engine.core.config import TransferConfig
 from engine.core.errors import InputError
 from engine.core.images import Inputs
-from engine.tracking.schema import DEFAULT_EXPERIMENT, DELETE_TAG, IMAGE_KEY
+from engine.tracking.schema import DEFAULT_EXPERIMENT, DELETE_TAG, IMAGE_KEY, check_run_id
 from engine.tracking.store import local_path, resolve_tracking_uri, short_error
 
 # --------------------------------------------------------------------------------------------------
@@ -43,6 +43,9 @@ def _cache_root(cache_dir: str | Path | None) -> Path:
 
 
 def _get_run(client: MlflowClient, run_id: str) -> Run:
+    """The run, after checking the id's form (every reader starts here, so no id from an address reaches
+    the store, an artifact path or the download cache unchecked)."""
+    check_run_id(run_id)
     try:
         return client.get_run(run_id)
     except Exception as e:
@@ -52,6 +55,9 @@ def _get_run(client: MlflowClient, run_id: str) -> Run:
 def _fetch(client: MlflowClient, run_id: str, artifact_uri: str, path: str, cache_dir: str | Path | None) -> str:
     """A local path of artifact `path`: in place for local stores, else downloaded once into the cache
     (artifacts never change once written, so a cached copy stays valid)."""
+    parts = Path(path).parts
+    if not parts or Path(path).is_absolute() or ".." in parts:
+        raise InputError(f"{path!r} is not an artifact path of a run: name a file such as 'result.png'.")
     root = _local_artifact_root(artifact_uri)
     if root is not None:
         local = root / path

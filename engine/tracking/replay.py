@@ -35,15 +35,22 @@ from engine.tracking.schema import (
     IMAGE_KEY,
     TERMINAL,
     THUMBNAIL_SIZE,
+    check_run_id,
 )
 from engine.tracking.store import resolve_tracking_uri, short_error
 
-__all__ = ["MARKER", "is_written_back", "pending_write_backs", "saved_run", "write_back"]
+__all__ = ["MARKER", "is_written_back", "pending_write_backs", "saved_folder", "saved_run", "write_back"]
 
 MARKER = "written_back.json"
 _LOCK_NAME = ".writing-back"
 _STALE_LOCK_S = 300.0
 _lock = threading.Lock()  # one write-back at a time in this process
+
+
+def saved_folder(fallback_root: str | Path, run_id: str) -> Path:
+    """The folder under `fallback_root` where run `run_id` is saved while its store is down; the id is
+    checked first (InputError), so an id from an address never names a path outside the root."""
+    return Path(fallback_root) / check_run_id(run_id)
 
 
 def saved_run(folder: str | Path) -> dict:
