@@ -174,14 +174,17 @@ def new_pg_database(postgres) -> Callable[[], str]:
 
 @pytest.fixture(scope="module")
 def start_mlflow_server(template_db, tmp_path_factory) -> Iterator[Callable[..., MlflowServer]]:
-    """`start(backend_uri=None) -> MlflowServer`: a real `mlflow server` on a free loopback port, on that
-    backend store (default: a copy of the SQLite template) with its served artifact store, started and
-    healthy (~10 s); killed when the module's tests end."""
+    """`start(backend_uri=None, allowed_hosts=()) -> MlflowServer`: a real `mlflow server` on a free loopback
+    port, on that backend store (default: a copy of the SQLite template) with its served artifact store,
+    started and healthy (~10 s); killed when the module's tests end."""
     started: list[MlflowServer] = []
 
-    def start(backend_uri: str | None = None) -> MlflowServer:
+    def start(backend_uri: str | None = None, allowed_hosts: tuple[str, ...] = ()) -> MlflowServer:
         folder = tmp_path_factory.mktemp("mlflow-server")
-        server = MlflowServer(backend_uri, folder) if backend_uri else MlflowServer.sqlite_copy(template_db, folder)
+        if backend_uri:
+            server = MlflowServer(backend_uri, folder, allowed_hosts=allowed_hosts)
+        else:
+            server = MlflowServer.sqlite_copy(template_db, folder)
         started.append(server)
         try:
             return server.start()
@@ -210,7 +213,8 @@ def tracking_store(request, new_store, tmp_path_factory, start_mlflow_server) ->
     if request.param == "sqlite":
         yield TrackingStore("sqlite", new_store(tmp_path_factory.mktemp("sqlite-store")))
         return
-    server = start_mlflow_server(request.getfixturevalue("new_pg_database")())
+    # --allowed-hosts as the README gives it: the server answers to 127.0.0.1:<port> only
+    server = start_mlflow_server(request.getfixturevalue("new_pg_database")(), allowed_hosts=("127.0.0.1",))
     yield TrackingStore("postgres", server.uri, server)
 
 

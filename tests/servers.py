@@ -151,13 +151,18 @@ class MlflowServer:
     in `folder/artifacts` (served: `--artifacts-destination`), that survives being killed: `start` again
     serves the same runs. `db` is the SQLite file, for `sqlite_copy` servers."""
 
-    def __init__(self, backend_uri: str, folder: Path, db: Path | None = None) -> None:
+    def __init__(
+        self, backend_uri: str, folder: Path, db: Path | None = None, allowed_hosts: tuple[str, ...] = ()
+    ) -> None:
+        """`allowed_hosts`: the names the server answers to (`--allowed-hosts`, each with this port), as the
+        README's team set-up gives them; MLflow's default is localhost and private IP addresses."""
         folder.mkdir(parents=True, exist_ok=True)
         self.backend_uri, self.folder, self.db = backend_uri, folder, db
         self.artifacts = folder / "artifacts"
         self.log = folder / "server.log"
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
+        self.allowed_hosts = tuple(f"{host}:{self.port}" for host in allowed_hosts)
         self.proc: subprocess.Popen | None = None
 
     @classmethod
@@ -169,9 +174,10 @@ class MlflowServer:
         return cls(f"sqlite:///{db}", folder, db)
 
     def command(self) -> list[str]:
+        hosts = ["--allowed-hosts", ",".join(self.allowed_hosts)] if self.allowed_hosts else []
         return [str(MLFLOW), "server", "--backend-store-uri", self.backend_uri,
                 "--artifacts-destination", str(self.artifacts), "--host", "127.0.0.1", "--port", str(self.port),
-                "--workers", "1"]  # fmt: skip
+                "--workers", "1", *hosts]  # fmt: skip
 
     def launch(self) -> MlflowServer:
         """Start the process; `wait_healthy` waits for it (start several, then wait: they boot side by side)."""

@@ -253,6 +253,20 @@ def test_the_experiment_is_tagged_for_mlflows_model_training_view(tracked):
     assert tracked.client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+def test_a_postgresql_uri_works_without_a_server_with_artifacts_under_the_working_directory(
+    new_pg_database, content_bytes, style_bytes, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # MLflow puts a database store's artifacts in ./mlruns
+    uri = new_pg_database()  # postgresql+psycopg://mlflow:…@127.0.0.1:<port>/<db>
+    config = CONFIG.replace(steps=2)
+    tracker = tracked_transfer(content_bytes, [style_bytes], config, tracking_uri=uri, device="cpu",
+                               snapshot_every=1, fallback_dir=tmp_path / "unsaved")  # fmt: skip
+    assert tracker.status == "FINISHED" and tracker.warning is None
+    assert load_config(uri, tracker.run_id) == config
+    assert list(metric_history(uri, tracker.run_id, keys=["cost/total"]).index) == [1, 2]
+    assert Path(download_artifact(uri, tracker.run_id, "result.png")).is_relative_to(tmp_path / "mlruns")
+
+
 # --------------------------------------------------------------------------------------------------
 # Lifecycle on each store
 
@@ -369,6 +383,16 @@ def test_orphaned_runs_of_ended_processes_on_this_host_are_marked_failed(store_u
 
 # --------------------------------------------------------------------------------------------------
 # A tracking server that is down, or dies mid-run
+
+
+def test_a_server_that_does_not_answer_to_the_name_used_says_to_allow_it(tracking_store):
+    if tracking_store.kind != "postgres":
+        pytest.skip("only an mlflow server checks the Host header")
+    port = tracking_store.server.port  # started with --allowed-hosts 127.0.0.1:<port>, as the README's set-up
+    assert check_reachable(tracking_store.uri) == tracking_store.uri
+    with pytest.raises(InputError, match=rf"does not answer to the name localhost:{port}: start it with "
+                                         rf"`--allowed-hosts localhost:{port}`"):  # fmt: skip
+        check_reachable(f"http://localhost:{port}")
 
 
 def test_unreachable_server_raises_input_error_quickly_before_any_compute(content_bytes, style_bytes, monkeypatch):

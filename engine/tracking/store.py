@@ -149,6 +149,13 @@ def check_reachable(uri: str | None = None, timeout_s: float = 5.0, *, shallow: 
             raise StoreUnavailable(
                 f"Cannot reach the MLflow tracking server at {uri}: {why}. {hint}", uri, why, timeout_s
             ) from e
+        if response.status_code == 403 and "Invalid Host header" in response.text:  # MLflow's DNS-rebinding guard
+            address = urllib.parse.urlparse(uri).netloc
+            raise InputError(
+                f"The MLflow tracking server at {uri} does not answer to the name {address}: start it with "
+                f"`--allowed-hosts {address}` (a list, with every name and port the team uses), or use an "
+                "address it allows."
+            )
         if response.status_code in (401, 403):
             raise InputError(
                 f"The MLflow tracking server at {uri} refused access (HTTP {response.status_code}). Set "
