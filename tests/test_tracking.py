@@ -472,12 +472,13 @@ def test_sqlite_store_in_a_missing_folder_is_reported_as_input_error(tmp_path):
 
 def test_ui_links_point_at_run_pages_and_an_encoded_compare_view():
     links = mlflow_ui_links("http://127.0.0.1:5000/", "3", ["a1", "b2"])
-    assert links.runs == {
-        "a1": "http://127.0.0.1:5000/#/experiments/3/runs/a1",
-        "b2": "http://127.0.0.1:5000/#/experiments/3/runs/b2",
+    assert links.runs == {  # in the UI's model-training view, not its GenAI view
+        "a1": "http://127.0.0.1:5000/#/experiments/3/runs/a1?workflowType=machine_learning",
+        "b2": "http://127.0.0.1:5000/#/experiments/3/runs/b2?workflowType=machine_learning",
     }
     base, query = links.compare.split("?", 1)
     assert base == "http://127.0.0.1:5000/#/compare-runs"
     parsed = urllib.parse.parse_qs(query)
     assert json.loads(parsed["runs"][0]) == ["a1", "b2"] and json.loads(parsed["experiments"][0]) == ["3"]
+    assert parsed["workflowType"] == ["machine_learning"]
     assert "[" not in query and '"' not in query  # URL-encoded

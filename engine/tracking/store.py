@@ -26,8 +26,8 @@ HTTP_DEFAULTS = {
 }
 for _name, _value in HTTP_DEFAULTS.items():
     os.environ.setdefault(_name, _value)
-# MLflow 3's UI opens an experiment without this tag in its GenAI view ("Evaluation runs"); with it, in
-# the runs table with its parallel-coordinates and metric charts.
+# Marks the experiment as model training for MLflow. MLflow 3.17's UI, though, picks its view from a switch
+# kept per browser (GenAI by default) unless the URL says `workflowType=machine_learning`: links.UI_VIEW.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 CHECK_TIMEOUT_S = 3.0  # how long a page waits for the store to answer before it says it is down
 
