@@ -10,7 +10,7 @@ at the end. The sweep took 44 min on the shared 2-core machine (other test suite
 
     .venv/bin/python docs/mlflow_ui_screenshot.py [--out docs/mlflow-ui-sweep.png] [--size 128 --steps 100]
 
-`--serve` keeps the servers up after the sweep until Ctrl-C; `--ui http://127.0.0.1:<port>` only takes
+`--serve` keeps the servers up after the sweep until Ctrl-C or SIGTERM; `--ui http://127.0.0.1:<port>` only takes
 the picture, of the newest sweep on a server that is already running.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import signal
 import sys
 import tempfile
 import time
@@ -116,7 +117,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "mlflow-ui-sweep.png")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--serve", action="store_true", help="keep the servers up after the sweep (Ctrl-C ends)")
+    parser.add_argument("--serve", action="store_true",
+                        help="keep the servers up after the sweep, until Ctrl-C or SIGTERM")
     parser.add_argument("--ui", help="only take the screenshot, of the newest sweep on this running server")
     args = parser.parse_args()
     if args.ui:
@@ -135,6 +137,8 @@ def main() -> None:
             experiment_id, parent, children = run_sweep(server.uri, folder, args.size, args.steps)
             print(f"experiment {experiment_id}, parent {parent}, children {' '.join(children)}", flush=True)
             if args.serve:
+                # Ctrl-C or SIGTERM goes on to the picture and the clean-up (a background job ignores SIGINT)
+                signal.signal(signal.SIGTERM, signal.default_int_handler)
                 try:
                     while True:
                         time.sleep(1)
