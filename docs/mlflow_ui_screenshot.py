@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import signal
 import sys
 import tempfile
@@ -131,6 +132,7 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="stylelab-shot-") as tmp:
             folder = Path(tmp)
+            os.environ["XDG_CACHE_HOME"] = str(folder / "cache")  # the readers' artifact cache, not ~/.cache
             cluster.create_mlflow_database("mlflow")
             server = MlflowServer(cluster.uri("mlflow"), folder / "server").start(timeout_s=300)
             print(f"mlflow server on PostgreSQL at {server.uri}", flush=True)
