@@ -1,5 +1,6 @@
 """The compare page: engine/compare.py's pure logic on tiny synthetic images and param dicts, and the page
-itself with Streamlit's AppTest against two real finished runs in a temporary MLflow store.
+itself with Streamlit's AppTest against two real finished runs in a temporary MLflow store, on each kind
+of store (a SQLite file; an mlflow server on PostgreSQL: conftest's `tracking_store`).
 
 The tracking URI and job queue are `st.cache_resource` singletons shared by every AppTest in this process
 (see tests/test_app.py): the store fixture sets MLFLOW_TRACKING_URI and clears them before the first page
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import io
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import app_serving
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -207,8 +210,10 @@ class TestCostTables:
 
 
 @pytest.fixture(scope="module")
-def store(app_store) -> str:
-    return app_store
+def store(store_uri, tmp_path_factory) -> Iterator[str]:
+    """The pages read a SQLite store, then the README's team store (an mlflow server on PostgreSQL)."""
+    with app_serving(store_uri, tmp_path_factory.mktemp("compare-app")) as uri:
+        yield uri
 
 
 @pytest.fixture(scope="module")

@@ -5,81 +5,34 @@ every page while the server is down and shows the run written back once it is up
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from browser_helpers import BROWSER_TEST, shot
-from conftest import free_port
 from mlflow import MlflowClient
 from PIL import Image
+from servers import MlflowServer, free_port
 
 from engine import tracking
 from engine.core.config import TransferConfig
 from engine.jobs import JobQueue, JobSpec, tracked_transfer
 
 ROOT = Path(__file__).resolve().parents[1]
-MLFLOW = Path(sys.executable).parent / "mlflow"
 CONFIG = TransferConfig(size=32, steps=8, coarse_levels=0)
 COSTS = ["cost/total", "cost/content", "cost/style", "cost/tv"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-class MlflowServer:
-    """A real `mlflow server` on a fixed loopback port, its database and artifacts in `folder`, that
-    survives being killed: `start` again serves the same runs."""
-
-    def __init__(self, template_db: Path, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.folder, self.db = folder, folder / "mlflow.db"
-        self.db.write_bytes(template_db.read_bytes())
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout_s: float = 90) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-        command = [
-            str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{self.db}", "--artifacts-destination", str(self.folder / "artifacts"),
-        ]  # fmt: skip
-        with open(self.folder / "server.log", "ab") as log:
-            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, env=env,
-                                         start_new_session=True)  # fmt: skip
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        self.kill()
-        pytest.fail(f"mlflow server did not start:\n{(self.folder / 'server.log').read_text()[-3000:]}")
-
-    def kill(self) -> None:
-        """SIGKILL its process group, as a crash would."""
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-            self.proc = None
-
-
 @pytest.fixture
-def server(template_db, tmp_path):
-    srv = MlflowServer(template_db, tmp_path / "server")
-    srv.start()
-    yield srv
-    srv.kill()
+def server(start_mlflow_server) -> MlflowServer:
+    """A real `mlflow server` on a copy of the SQLite template; `kill()` and `start()` again serve the same runs."""
+    return start_mlflow_server()
 
 
 def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:

@@ -1,5 +1,7 @@
 """The background job queue against a real SQLite MLflow store and the real VGG19: order, progress,
-cancellation, failures, validation at submit, shutdown, batches and the time estimate. Every transfer is
+cancellation, failures, validation at submit, shutdown, batches and the time estimate. The tests that
+exercise the store (jobs finishing as runs, cancel, a batch) also run on a real `mlflow server` on
+PostgreSQL (conftest's `tracking_store`), sharing one store per module and kind. Every transfer is
 tiny (32 px, a few steps, one scale); jobs meant to keep the worker busy are long and get cancelled."""
 
 from __future__ import annotations
@@ -95,10 +97,10 @@ class ThreeJobs:
 
 
 @pytest.fixture(scope="module")
-def three_jobs(new_store, tmp_path_factory, content_png, style_png) -> Iterator[ThreeJobs]:
-    uri = new_store(tmp_path_factory.mktemp("three"))
-    unsaved = tmp_path_factory.mktemp("unsaved")
-    queue = JobQueue(uri, devices=["cpu"], backend="thread", preview_every=2, fallback_dir=unsaved)
+def three_jobs(store_uri, tmp_path_factory, content_png, style_png) -> Iterator[ThreeJobs]:
+    uri, folder = store_uri, tmp_path_factory.mktemp("three")
+    queue = JobQueue(uri, devices=["cpu"], backend="thread", preview_every=2, fallback_dir=folder / "unsaved",
+                     queue_db=folder / "queue.db")  # fmt: skip
     try:
         configs = [CONFIG.replace(steps=40), CONFIG.replace(steps=3, seed=1), CONFIG.replace(steps=4, seed=2)]
         ids = [queue.submit(_spec(content_png, style_png, config)) for config in configs]
@@ -166,7 +168,8 @@ def test_finished_runs_give_the_queue_a_measured_seconds_per_gflop(three_jobs):
 # Cancelling
 
 
-def test_cancelling_a_queued_job_kills_its_run_before_it_ever_runs(uri, make_queue, content_png, style_png):
+def test_cancelling_a_queued_job_kills_its_run_before_it_ever_runs(store_uri, make_queue, content_png, style_png):
+    uri = store_uri
     queue = make_queue(uri)
     busy = queue.submit(_spec(content_png, style_png, BUSY))
     waiting = queue.submit(_spec(content_png, style_png))
@@ -189,7 +192,8 @@ def test_cancelling_a_queued_job_kills_its_run_before_it_ever_runs(uri, make_que
     assert not _has_artifact(uri, waiting, "result.png")
 
 
-def test_cancelling_a_running_job_kills_it_with_the_best_image_as_result(uri, make_queue, content_png, style_png):
+def test_cancelling_a_running_job_kills_it_with_the_best_image_as_result(store_uri, make_queue, content_png, style_png):
+    uri = store_uri
     queue = make_queue(uri)
     run_id = queue.submit(_spec(content_png, style_png, BUSY))
     _wait(queue, run_id, lambda p: p.step >= 2, "at step 2")
@@ -324,13 +328,14 @@ class Batch:
 
 
 @pytest.fixture(scope="module")
-def batch_of_three(new_store, tmp_path_factory, content_png, style_png) -> Iterator[Batch]:
-    uri = new_store(tmp_path_factory.mktemp("batch"))
-    unsaved = tmp_path_factory.mktemp("unsaved")
-    queue = JobQueue(uri, devices=["cpu"], backend="thread", preview_every=2, fallback_dir=unsaved)
+def batch_of_three(store_uri, tmp_path_factory, content_png, style_png) -> Iterator[Batch]:
+    uri, folder = store_uri, tmp_path_factory.mktemp("batch")
+    queue = JobQueue(uri, devices=["cpu"], backend="thread", preview_every=2, fallback_dir=folder / "unsaved",
+                     queue_db=folder / "queue.db")  # fmt: skip
     try:
         ids = queue.submit_batch([_spec(content_png, style_png, config, tags={"team": "a"}) for config in BATCH])
-        _wait(queue, ids[0], lambda p: p.state != "SCHEDULED", "running")
+        # RUNNING shows as soon as our worker claims the batch; its device with the worker's first message
+        _wait(queue, ids[0], lambda p: p.device != "" or p.done, "running on its device")
         running = [queue.progress(rid) for rid in ids]
         done = [_wait_done(queue, rid) for rid in ids]
     finally:

@@ -1,6 +1,7 @@
 """λ sweeps (`engine.sweep`): axes and their validation, the contact sheet, and whole sweeps through a real
-JobQueue into a real SQLite MLflow store with the real VGG19. Every run is tiny (32 px, 2 steps, one
-scale); runs meant to be cancelled are long and never get far."""
+JobQueue into a real SQLite MLflow store with the real VGG19; the 2×2 sweep (its parent, children and
+contact sheet, read back) also into a real `mlflow server` on PostgreSQL (conftest's `tracking_store`).
+Every run is tiny (32 px, 2 steps, one scale); runs meant to be cancelled are long and never get far."""
 
 from __future__ import annotations
 
@@ -55,10 +56,10 @@ class Done:
 
 
 @pytest.fixture(scope="module")
-def done(new_store, tmp_path_factory, content_png, style_png) -> Iterator[Done]:
-    folder = tmp_path_factory.mktemp("sweep")
-    uri = new_store(folder / "store")
-    queue = JobQueue(uri, devices=["cpu"], backend="thread", preview_every=1, fallback_dir=folder / "unsaved")
+def done(store_uri, tmp_path_factory, content_png, style_png) -> Iterator[Done]:
+    uri, folder = store_uri, tmp_path_factory.mktemp("sweep")
+    queue = JobQueue(uri, devices=["cpu"], backend="thread", preview_every=1, fallback_dir=folder / "unsaved",
+                     queue_db=folder / "queue.db")  # fmt: skip
     try:
         start = time.monotonic()
         handle = submit_sweep(queue, BASE, AXES, content_png, (style_png,), name="tiny sweep")

@@ -1,27 +1,26 @@
-"""MLflow tracking against real stores: a SQLite store in a temporary folder and real `mlflow server`
-processes on loopback ports. Each transfer is tiny (32 px, a few steps) with the real VGG19 weights."""
+"""MLflow tracking against real stores: the store tests run on a SQLite store in a temporary folder and on
+a real `mlflow server` on PostgreSQL with served artifacts (conftest's `tracking_store`); the fault test
+kills a real `mlflow server` on SQLite. Each transfer is tiny (32 px, a few steps) with the real VGG19."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from conftest import TrackingStore
 from mlflow import MlflowClient
 from PIL import Image
+from servers import MlflowServer, free_port
 
 from engine.core import images
 from engine.core.config import TransferConfig
@@ -45,7 +44,6 @@ from engine.tracking import (
     resolve_tracking_uri,
 )
 
-MLFLOW = Path(sys.executable).parent / "mlflow"
 LAMBDAS = {"relu1_1": 0.3, "relu2_1": 0.7}
 # α and β are pinned so the checks below do not depend on the defaults.
 CONFIG = TransferConfig(size=32, steps=6, alpha=1.0, beta=1e5, style_layers=LAMBDAS, tv_weight=2.0)
@@ -86,98 +84,18 @@ def small_inputs(content_bytes, style_bytes) -> tuple[Image.Image, Image.Image]:
 
 
 @pytest.fixture(scope="module")
-def template_db(tmp_path_factory) -> Path:
-    """An empty, migrated MLflow SQLite database. Creating one costs seconds (schema migrations), so
-    every store and server of this module starts from a copy."""
-    folder = tmp_path_factory.mktemp("template")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)  # MLflow places its Default experiment's artifacts relative to the cwd
-        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments(max_results=1)
-    return folder / "mlflow.db"
-
-
-def _store_copy(template: Path, folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(template, folder / "mlflow.db")
-    return folder / "mlflow.db"
-
-
-@pytest.fixture(scope="module")
-def sqlite_uri(template_db, tmp_path_factory) -> str:
-    return f"sqlite:///{_store_copy(template_db, tmp_path_factory.mktemp('store'))}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    uri: str
-    db: Path
-    folder: Path
-    proc: subprocess.Popen
-
-    def kill(self) -> None:
-        """SIGKILL the server and its workers (its own process group), as a crash would."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def wait_healthy(self, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        log = (self.folder / "server.log").read_text(errors="replace")[-3000:]
-        self.kill()
-        pytest.fail(f"mlflow server at {self.uri} did not become healthy:\n{log}")
-
-
-def _launch_server(template: Path, folder: Path) -> Server:
-    db = _store_copy(template, folder)
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job consumers to clean up
-    command = [
-        str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(folder / "artifacts"),
-    ]  # fmt: skip
-    with open(folder / "server.log", "wb") as log:
-        proc = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=env, start_new_session=True
-        )
-    return Server(f"http://127.0.0.1:{port}", db, folder, proc)
-
-
-@pytest.fixture(scope="module")
-def servers(template_db, tmp_path_factory):
-    """Two real tracking servers, booted side by side (each takes ~10 s): `main` for the readers,
-    `doomed` to be killed mid-run by the fault test."""
-    started = {name: _launch_server(template_db, tmp_path_factory.mktemp(name)) for name in ("main", "doomed")}
-    try:
-        for server in started.values():
-            server.wait_healthy()
-        yield started
-    finally:
-        for server in started.values():
-            server.kill()
+def doomed(start_mlflow_server) -> MlflowServer:
+    """A real tracking server on a SQLite copy, to be killed mid-run by the fault test."""
+    return start_mlflow_server()
 
 
 # --------------------------------------------------------------------------------------------------
-# One real tracked run on the SQLite store, checked by several tests
+# One real tracked run on each store, checked by several tests
 
 
 @dataclass
 class TrackedRun:
+    store: TrackingStore
     uri: str
     result: object
     tracker: RunRecorder
@@ -186,13 +104,13 @@ class TrackedRun:
 
 
 @pytest.fixture(scope="module")
-def tracked(sqlite_uri, content_bytes, style_bytes, tmp_path_factory) -> TrackedRun:
+def tracked(tracking_store, store_uri, content_bytes, style_bytes, tmp_path_factory) -> TrackedRun:
     reports = []
     tracker = tracked_transfer(
         content_bytes,
         [style_bytes],
         CONFIG,
-        tracking_uri=sqlite_uri,
+        tracking_uri=store_uri,
         on_step=lambda r: reports.append((r.step, dict(r.costs), r.size)),
         device="cpu",
         snapshot_every=2,
@@ -200,7 +118,7 @@ def tracked(sqlite_uri, content_bytes, style_bytes, tmp_path_factory) -> Tracked
         fallback_dir=tmp_path_factory.mktemp("unsaved"),
     )
     result = tracker.result
-    return TrackedRun(sqlite_uri, result, tracker, reports, MlflowClient(sqlite_uri))
+    return TrackedRun(tracking_store, store_uri, result, tracker, reports, MlflowClient(store_uri))
 
 
 def test_tracked_run_logs_every_config_param_including_each_lambda(tracked):
@@ -231,12 +149,13 @@ def test_logged_costs_are_the_weighted_sums_at_every_step(tracked):
         assert row["cost/tv"] > 0  # the TV term is really in play
 
 
-def test_snapshots_are_logged_at_every_second_step_and_the_last(tracked):
-    steps = image_steps(tracked.uri, tracked.tracker.run_id)
+def test_snapshots_are_logged_at_every_second_step_and_the_last(tracked, tmp_path):
+    steps = image_steps(tracked.uri, tracked.tracker.run_id, cache_dir=tmp_path)
     assert [step for step, _ in steps] == [2, 4, 6]
     for _, path in steps:
         with Image.open(path) as img:
             assert max(img.size) == CONFIG.size
+        assert Path(path).is_relative_to(tmp_path) == (tracked.store.kind == "postgres")  # served: downloaded
     previews = image_steps(tracked.uri, tracked.tracker.run_id, compressed=True)
     assert [step for step, _ in previews] == [2, 4, 6] and all(p.endswith(".webp") for _, p in previews)
 
@@ -289,7 +208,12 @@ def test_list_runs_returns_the_run_with_params_final_costs_and_an_existing_thumb
     assert row["status"] == "FINISHED" and row["source"] == "cli"
     assert row["params.lambda.relu2_1"] == "0.7"
     assert row["metrics.final/total"] == pytest.approx(tracked.result.costs["total"])
-    with Image.open(row["thumbnail_path"]) as thumb:
+    if tracked.store.kind == "sqlite":
+        thumbnail = row["thumbnail_path"]  # the file in place
+    else:
+        assert pd.isna(row["thumbnail_path"])  # served artifacts are fetched on demand
+        thumbnail = download_artifact(tracked.uri, tracked.tracker.run_id, "thumbnail.png", cache_dir=tmp_path)
+    with Image.open(thumbnail) as thumb:
         assert max(thumb.size) <= 256
     assert row["thumbnail_uri"].endswith("/thumbnail.png")
     assert pd.isna(frame.set_index("run_id").loc[newer.run_id, "thumbnail_path"])  # no result, no thumbnail
@@ -300,38 +224,60 @@ def test_list_runs_returns_the_run_with_params_final_costs_and_an_existing_thumb
 def test_readers_raise_input_error_for_unknown_runs_and_artifacts(tracked):
     with pytest.raises(InputError, match="No run"):
         load_config(tracked.uri, "0" * 32)
-    with pytest.raises(InputError, match="no artifact"):
+    local = tracked.store.kind == "sqlite"
+    missing = "no artifact 'missing.png'" if local else "Could not download artifact 'missing.png'"
+    with pytest.raises(InputError, match=missing):
         download_artifact(tracked.uri, tracked.tracker.run_id, "missing.png")
 
 
-def test_sqlite_experiment_keeps_artifacts_beside_the_database(tracked):
-    db_folder = Path(tracked.uri.removeprefix("sqlite:///")).parent
-    artifact_uri = tracked.client.get_run(tracked.tracker.run_id).info.artifact_uri
-    assert Path(urllib.parse.urlparse(artifact_uri).path).is_relative_to(db_folder / "mlruns")
+def test_artifacts_are_kept_where_the_store_keeps_them(tracked):
+    run = tracked.client.get_run(tracked.tracker.run_id)
+    if tracked.store.kind == "sqlite":  # beside the database, whatever the working directory
+        db_folder = Path(tracked.uri.removeprefix("sqlite:///")).parent
+        assert Path(urllib.parse.urlparse(run.info.artifact_uri).path).is_relative_to(db_folder / "mlruns")
+    else:  # proxied through the server into its --artifacts-destination, not on the client's disk
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+        stored = list(tracked.store.server.artifacts.glob(f"**/{tracked.tracker.run_id}/artifacts/result.png"))
+        assert len(stored) == 1
+        with Image.open(stored[0]) as img:
+            assert img.tobytes() == tracked.result.image.tobytes()
 
 
-def test_the_experiment_is_tagged_for_mlflows_model_training_view(tracked, tmp_path):
+def test_the_experiment_is_tagged_for_mlflows_model_training_view(tracked):
     experiment = tracked.client.get_experiment(tracked.client.get_run(tracked.tracker.run_id).info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     # an experiment made before the tag existed gets it when stylelab next opens it
-    client = MlflowClient(f"sqlite:///{tmp_path / 'old.db'}")
-    old = client.create_experiment("style-transfer", artifact_location=(tmp_path / "mlruns").as_uri())
-    assert "mlflow.experimentKind" not in client.get_experiment(old).tags
-    assert get_or_create_experiment(client) == old
-    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    old = tracked.client.create_experiment("made-before-the-tag")
+    assert "mlflow.experimentKind" not in tracked.client.get_experiment(old).tags
+    assert get_or_create_experiment(tracked.client, "made-before-the-tag") == old
+    assert tracked.client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_postgresql_uri_works_without_a_server_with_artifacts_under_the_working_directory(
+    new_pg_database, content_bytes, style_bytes, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # MLflow puts a database store's artifacts in ./mlruns
+    uri = new_pg_database()  # postgresql+psycopg://mlflow:…@127.0.0.1:<port>/<db>
+    config = CONFIG.replace(steps=2)
+    tracker = tracked_transfer(content_bytes, [style_bytes], config, tracking_uri=uri, device="cpu",
+                               snapshot_every=1, fallback_dir=tmp_path / "unsaved")  # fmt: skip
+    assert tracker.status == "FINISHED" and tracker.warning is None
+    assert load_config(uri, tracker.run_id) == config
+    assert list(metric_history(uri, tracker.run_id, keys=["cost/total"]).index) == [1, 2]
+    assert Path(download_artifact(uri, tracker.run_id, "result.png")).is_relative_to(tmp_path / "mlruns")
 
 
 # --------------------------------------------------------------------------------------------------
-# Lifecycle on the SQLite store
+# Lifecycle on each store
 
 
-def test_cancelled_run_ends_killed_with_its_last_state_logged(sqlite_uri, content_bytes, style_bytes, tmp_path):
+def test_cancelled_run_ends_killed_with_its_last_state_logged(store_uri, content_bytes, style_bytes, tmp_path):
     seen = []
     tracker = tracked_transfer(
         content_bytes,
         [style_bytes],
         CONFIG.replace(steps=20),
-        tracking_uri=sqlite_uri,
+        tracking_uri=store_uri,
         experiment="cancelled",
         on_step=seen.append,
         should_stop=lambda: len(seen) >= 2,
@@ -341,10 +287,10 @@ def test_cancelled_run_ends_killed_with_its_last_state_logged(sqlite_uri, conten
     )
     result = tracker.result
     assert result.stopped == "cancelled" and result.steps_done == 2
-    run = MlflowClient(sqlite_uri).get_run(tracker.run_id)
+    run = MlflowClient(store_uri).get_run(tracker.run_id)
     assert run.info.status == "KILLED" and run.data.tags["stopped"] == "cancelled"
-    assert [step for step, _ in image_steps(sqlite_uri, tracker.run_id)] == [2]
-    assert Path(download_artifact(sqlite_uri, tracker.run_id, "result.png")).exists()
+    assert [step for step, _ in image_steps(store_uri, tracker.run_id)] == [2]
+    assert Path(download_artifact(store_uri, tracker.run_id, "result.png")).exists()
 
 
 def _wait_for_status(uri: str, run_id: str, status: str, timeout_s: float = 10) -> str:
@@ -354,55 +300,55 @@ def _wait_for_status(uri: str, run_id: str, status: str, timeout_s: float = 10) 
     return now
 
 
-def test_queued_run_is_scheduled_then_running_and_a_child_of_its_sweep(sqlite_uri, small_inputs, tmp_path):
-    parent = create_parent_run(sqlite_uri, "sweep", name="sweep of beta", params={"grid": "beta"}, size=1)
+def test_queued_run_is_scheduled_then_running_and_a_child_of_its_sweep(store_uri, small_inputs, tmp_path):
+    parent = create_parent_run(store_uri, "sweep", name="sweep of beta", params={"grid": "beta"}, size=1)
     tracker = RunRecorder.create(
-        sqlite_uri, "sweep", CONFIG, small_inputs[0], [small_inputs[1]], source="sweep",
+        store_uri, "sweep", CONFIG, small_inputs[0], [small_inputs[1]], source="sweep",
         status="SCHEDULED", parent_run_id=parent, fallback_dir=tmp_path,
     )  # fmt: skip
-    client = MlflowClient(sqlite_uri)
+    client = MlflowClient(store_uri)
     run = client.get_run(tracker.run_id)
     assert run.info.status == "SCHEDULED"
     assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["source"] == "sweep"
     assert run.data.params["beta"] == CONFIG.to_params()["beta"]
     tracker.start()
-    assert _wait_for_status(sqlite_uri, tracker.run_id, "RUNNING") == "RUNNING"
+    assert _wait_for_status(store_uri, tracker.run_id, "RUNNING") == "RUNNING"
     tracker.cancel("cancelled while queued")
     run = client.get_run(tracker.run_id)
     assert run.info.status == "KILLED" and run.data.tags["failure_reason"] == "cancelled while queued"
-    assert group_ready(sqlite_uri, parent)  # its one child has ended
+    assert group_ready(store_uri, parent)  # its one child has ended
     assert client.get_run(parent).data.tags["group.size"] == "1"
 
 
-def test_exception_inside_the_tracker_context_fails_the_run_with_the_reason(sqlite_uri, small_inputs, tmp_path):
+def test_exception_inside_the_tracker_context_fails_the_run_with_the_reason(store_uri, small_inputs, tmp_path):
     tracker = RunRecorder.create(
-        sqlite_uri, "errors", CONFIG, small_inputs[0], [small_inputs[1]], fallback_dir=tmp_path
+        store_uri, "errors", CONFIG, small_inputs[0], [small_inputs[1]], fallback_dir=tmp_path
     )
     with pytest.raises(RuntimeError, match="boom"), tracker:
         tracker.start()
         raise RuntimeError("boom")
-    run = MlflowClient(sqlite_uri).get_run(tracker.run_id)
+    run = MlflowClient(store_uri).get_run(tracker.run_id)
     assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == "RuntimeError: boom"
 
 
-def test_diverged_run_ends_failed_with_the_reason_and_keeps_its_best_image(sqlite_uri, small_inputs, tmp_path):
+def test_diverged_run_ends_failed_with_the_reason_and_keeps_its_best_image(store_uri, small_inputs, tmp_path):
     tracker = RunRecorder.create(
-        sqlite_uri, "diverged", CONFIG, small_inputs[0], [small_inputs[1]], fallback_dir=tmp_path
+        store_uri, "diverged", CONFIG, small_inputs[0], [small_inputs[1]], fallback_dir=tmp_path
     )
     best = Image.new("RGB", (32, 24), (200, 100, 50))
     costs = {"total": 1.0, "content": 1.0, "style": 0.0, "tv": 0.0, "style/relu1_1": 0.0, "style/relu2_1": 0.0}
     tracker.finish(
         TransferResult(best, costs, steps_done=3, total_steps=6, elapsed_s=0.5, device="cpu", stopped="diverged")
     )
-    run = MlflowClient(sqlite_uri).get_run(tracker.run_id)
+    run = MlflowClient(store_uri).get_run(tracker.run_id)
     assert run.info.status == "FAILED" and run.data.tags["stopped"] == "diverged"
     assert "diverged at step 3" in run.data.tags["failure_reason"]
-    with Image.open(download_artifact(sqlite_uri, tracker.run_id, "result.png")) as img:
+    with Image.open(download_artifact(store_uri, tracker.run_id, "result.png")) as img:
         assert img.tobytes() == best.tobytes()
 
 
-def test_orphaned_runs_of_ended_processes_on_this_host_are_marked_failed(sqlite_uri):
-    client = MlflowClient(sqlite_uri)
+def test_orphaned_runs_of_ended_processes_on_this_host_are_marked_failed(store_uri):
+    client = MlflowClient(store_uri)
     exp = client.create_experiment("orphans")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -423,7 +369,7 @@ def test_orphaned_runs_of_ended_processes_on_this_host_are_marked_failed(sqlite_
     other_host = run(f"not-{host}:{dead.pid}")
     already_finished = run(f"{host}:{dead.pid}", "FINISHED")
 
-    marked = mark_orphaned_runs(sqlite_uri, "orphans")
+    marked = mark_orphaned_runs(store_uri, "orphans")
 
     assert set(marked) == {dead_running, dead_scheduled, reused_pid}
     reason = client.get_run(dead_running).data.tags["failure_reason"]
@@ -432,43 +378,26 @@ def test_orphaned_runs_of_ended_processes_on_this_host_are_marked_failed(sqlite_
     for run_id, status in [(alive, "RUNNING"), (alive_without_start, "RUNNING"), (other_host, "RUNNING"),
                            (already_finished, "FINISHED")]:  # fmt: skip
         assert client.get_run(run_id).info.status == status
-    assert mark_orphaned_runs(sqlite_uri, "orphans") == []
+    assert mark_orphaned_runs(store_uri, "orphans") == []
 
 
 # --------------------------------------------------------------------------------------------------
-# A real tracking server
+# A tracking server that is down, or dies mid-run
 
 
-def test_runs_on_a_tracking_server_are_readable_through_the_readers(servers, content_bytes, style_bytes, tmp_path):
-    uri = servers["main"].uri
-    config = CONFIG.replace(steps=4)
-    tracker = tracked_transfer(
-        content_bytes, [style_bytes], config, tracking_uri=uri, experiment="on-server", source="app",
-        device="cpu", snapshot_every=2, flush_every=2, fallback_dir=tmp_path / "unsaved",
-    )  # fmt: skip
-    result = tracker.result
-    run_id = tracker.run_id
-    assert tracker.warning is None and result.steps_done == 4
-    assert (
-        MlflowClient(uri).get_run(run_id).info.artifact_uri.startswith("mlflow-artifacts:")
-    )  # proxied through the server
-    assert load_config(uri, run_id) == config
-    frame = metric_history(uri, run_id)
-    assert list(frame["cost/style/relu1_1"].dropna().index) == [1, 2, 3, 4]
-    cache = tmp_path / "cache"
-    steps = image_steps(uri, run_id, cache_dir=cache)
-    assert [s for s, _ in steps] == [2, 4]
-    assert all(Path(p).is_relative_to(cache) and Image.open(p).size == result.image.size for _, p in steps)
-    row = list_runs(uri, "on-server").set_index("run_id").loc[run_id]
-    assert row["status"] == "FINISHED" and row["source"] == "app" and pd.isna(row["thumbnail_path"])
-    thumb = download_artifact(uri, run_id, "thumbnail.png", cache_dir=cache)
-    with Image.open(thumb) as img:
-        assert max(img.size) <= 256
+def test_a_server_that_does_not_answer_to_the_name_used_says_to_allow_it(tracking_store):
+    if tracking_store.kind != "postgres":
+        pytest.skip("only an mlflow server checks the Host header")
+    port = tracking_store.server.port  # started with --allowed-hosts 127.0.0.1:<port>, as the README's set-up
+    assert check_reachable(tracking_store.uri) == tracking_store.uri
+    with pytest.raises(InputError, match=rf"does not answer to the name localhost:{port}: start it with "
+                                         rf"`--allowed-hosts localhost:{port}`"):  # fmt: skip
+        check_reachable(f"http://localhost:{port}")
 
 
 def test_unreachable_server_raises_input_error_quickly_before_any_compute(content_bytes, style_bytes, monkeypatch):
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)  # MLflow's default retries for minutes
-    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     steps = []
     start = time.monotonic()
     with pytest.raises(InputError, match=r"Cannot reach the MLflow tracking server at http://127\.0\.0\.1:\d+") as e:
@@ -479,9 +408,9 @@ def test_unreachable_server_raises_input_error_quickly_before_any_compute(conten
 
 
 def test_store_failing_mid_run_does_not_stop_the_optimisation_and_saves_the_result_locally(
-    servers, content_bytes, style_bytes, tmp_path, monkeypatch
+    doomed, content_bytes, style_bytes, tmp_path, monkeypatch
 ):
-    server = servers["doomed"]
+    server = doomed
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail at once instead of retrying for minutes
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     content, style = images.load_image(content_bytes), images.load_image(style_bytes)
@@ -543,12 +472,13 @@ def test_sqlite_store_in_a_missing_folder_is_reported_as_input_error(tmp_path):
 
 def test_ui_links_point_at_run_pages_and_an_encoded_compare_view():
     links = mlflow_ui_links("http://127.0.0.1:5000/", "3", ["a1", "b2"])
-    assert links.runs == {
-        "a1": "http://127.0.0.1:5000/#/experiments/3/runs/a1",
-        "b2": "http://127.0.0.1:5000/#/experiments/3/runs/b2",
+    assert links.runs == {  # in the UI's model-training view, not its GenAI view
+        "a1": "http://127.0.0.1:5000/#/experiments/3/runs/a1?workflowType=machine_learning",
+        "b2": "http://127.0.0.1:5000/#/experiments/3/runs/b2?workflowType=machine_learning",
     }
     base, query = links.compare.split("?", 1)
     assert base == "http://127.0.0.1:5000/#/compare-runs"
     parsed = urllib.parse.parse_qs(query)
     assert json.loads(parsed["runs"][0]) == ["a1", "b2"] and json.loads(parsed["experiments"][0]) == ["3"]
+    assert parsed["workflowType"] == ["machine_learning"]
     assert "[" not in query and '"' not in query  # URL-encoded

@@ -16,20 +16,27 @@ class UILinks(NamedTuple):
     compare: str  # the UI's compare view of all of them
 
 
+# MLflow 3.17's UI shows its GenAI view (traces, "Evaluation runs") unless the page's URL says otherwise: a
+# switch kept per browser, GenAI by default, decides, whatever the experiment's `mlflow.experimentKind`
+# tag says (seen in Chromium). This parameter opens the model-training view (runs, charts, Model metrics).
+UI_VIEW = "workflowType=machine_learning"
+
+
 def mlflow_ui_links(ui_base: str, experiment_id: str | Sequence[str], run_ids: Sequence[str]) -> UILinks:
-    """Links into the MLflow UI at `ui_base` (e.g. http://127.0.0.1:5000): each run's page
-    `{ui}/#/experiments/{exp}/runs/{id}` and `{ui}/#/compare-runs?runs=[…]&experiments=[…]`
-    (URL-encoded JSON lists). `experiment_id` may be one id or one per run."""
+    """Links into the MLflow UI at `ui_base` (e.g. http://127.0.0.1:5000), in its model-training view
+    (`UI_VIEW`): each run's page `{ui}/#/experiments/{exp}/runs/{id}?workflowType=machine_learning` and
+    `{ui}/#/compare-runs?runs=[…]&experiments=[…]&workflowType=machine_learning` (URL-encoded JSON lists).
+    `experiment_id` may be one id or one per run."""
     ui = ui_base.rstrip("/")
     exps = [experiment_id] * len(run_ids) if isinstance(experiment_id, str) else list(experiment_id)
     if len(exps) != len(run_ids):
         raise ValueError("give one experiment id, or one per run")
-    runs = {rid: f"{ui}/#/experiments/{exp}/runs/{rid}" for rid, exp in zip(run_ids, exps, strict=True)}
+    runs = {rid: f"{ui}/#/experiments/{exp}/runs/{rid}?{UI_VIEW}" for rid, exp in zip(run_ids, exps, strict=True)}
 
     def encoded(items: Iterable[str]) -> str:
         return urllib.parse.quote(json.dumps(list(items), separators=(",", ":")), safe="")
 
-    compare = f"{ui}/#/compare-runs?runs={encoded(run_ids)}&experiments={encoded(dict.fromkeys(exps))}"
+    compare = f"{ui}/#/compare-runs?runs={encoded(run_ids)}&experiments={encoded(dict.fromkeys(exps))}&{UI_VIEW}"
     return UILinks(runs, compare)
 
 

@@ -26,8 +26,8 @@ HTTP_DEFAULTS = {
 }
 for _name, _value in HTTP_DEFAULTS.items():
     os.environ.setdefault(_name, _value)
-# MLflow 3's UI opens an experiment without this tag in its GenAI view ("Evaluation runs"); with it, in
-# the runs table with its parallel-coordinates and metric charts.
+# Marks the experiment as model training for MLflow. MLflow 3.17's UI, though, picks its view from a switch
+# kept per browser (GenAI by default) unless the URL says `workflowType=machine_learning`: links.UI_VIEW.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 CHECK_TIMEOUT_S = 3.0  # how long a page waits for the store to answer before it says it is down
 
@@ -149,6 +149,13 @@ def check_reachable(uri: str | None = None, timeout_s: float = 5.0, *, shallow: 
             raise StoreUnavailable(
                 f"Cannot reach the MLflow tracking server at {uri}: {why}. {hint}", uri, why, timeout_s
             ) from e
+        if response.status_code == 403 and "Invalid Host header" in response.text:  # MLflow's DNS-rebinding guard
+            address = urllib.parse.urlparse(uri).netloc
+            raise InputError(
+                f"The MLflow tracking server at {uri} does not answer to the name {address}: start it with "
+                f"`--allowed-hosts {address}` (a list, with every name and port the team uses), or use an "
+                "address it allows."
+            )
         if response.status_code in (401, 403):
             raise InputError(
                 f"The MLflow tracking server at {uri} refused access (HTTP {response.status_code}). Set "
