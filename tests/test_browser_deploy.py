@@ -4,7 +4,7 @@ filled in) serves the studio over TLS in Chromium: the page loads over the proxi
 upload goes through (more than nginx's default limit), a tiny run finishes, and nginx itself refuses an
 upload over the limit with 413. The XSRF refusal of a real server is in test_browser_faults.py.
 
-Needs Debian's nginx (`apt-get install nginx`) and openssl; skipped without them.
+Needs Debian's nginx (`apt-get install nginx`) and openssl; skipped without them (failed in CI).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from browser_helpers import BROWSER_TEST, put_from_page, set_number, shot
-from conftest import free_port
+from conftest import free_port, missing_server
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def render(folder: Path, listen: str, app: str) -> Path:
 @pytest.fixture(scope="module")
 def proxied(tmp_path_factory, new_store, start_streamlit):
     if not Path(NGINX).exists() or not shutil.which("openssl"):
-        pytest.skip("nginx or openssl is not installed (apt-get install nginx openssl)")
+        missing_server("nginx or openssl is not installed (apt-get install nginx openssl)")
     folder = tmp_path_factory.mktemp("nginx")
     app = start_streamlit(new_store(tmp_path_factory.mktemp("proxied-store")))
     port = free_port()
