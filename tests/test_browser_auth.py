@@ -212,3 +212,28 @@ def test_the_owner_signs_in_and_cancels_the_run(browser, served, provider):
     assert tracking.load_run(served.uri, served.run).lifecycle_deleted
     shot(page, "auth-bob-deleted")
     context.close()
+
+
+def test_a_secrets_file_that_does_not_parse_serves_nothing(browser, tmp_path, new_store):
+    """Fail closed: a typo in a secrets file meant to turn sign-in on must not open the app to anyone."""
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text('[auth\nredirect_uri = "http://127.0.0.1/oauth2callback"\n')  # the section's ] is missing
+    port = free_port()
+    env = os.environ | {"MLFLOW_TRACKING_URI": new_store(tmp_path / "store"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--secrets.files", str(secrets)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/_stcore/health", proc, "streamlit")
+        page = browser.new_context().new_page()
+        page.goto(f"{url}/studio")
+        page.get_by_text("secrets file cannot be read").wait_for(timeout=60_000)
+        body = page.inner_text("body")
+        assert "Upload a content image" not in body and "Queue" not in body
+        assert str(secrets) not in body  # the path is for the log, not the visitor
+        page.context.close()
+    finally:
+        stop(proc)

@@ -18,6 +18,7 @@ import json
 import logging
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -38,11 +39,20 @@ log = logging.getLogger(__name__)
 
 
 def sign_in_enabled() -> bool:
-    """Whether the secrets have an `[auth]` section (then every page asks to sign in)."""
-    try:
-        return bool(st.secrets.load_if_toml_exists() and "auth" in st.secrets)
-    except Exception:  # unreadable secrets: Streamlit logs why; the app stays single-user
-        return False
+    """Whether the secrets have an `[auth]` section (then every page asks to sign in). A secrets file that
+    exists but does not parse may be meant to turn sign-in on, so the page stops with an error instead of
+    serving the app to anyone (fail closed)."""
+    if st.secrets.load_if_toml_exists():
+        return "auth" in st.secrets
+    unreadable = [path for path in st.config.get_option("secrets.files") if Path(path).is_file()]
+    if unreadable:
+        log.error("The secrets file %s does not parse (Streamlit logged why at start): serving nothing", unreadable)
+        st.error(
+            "This server's secrets file cannot be read, so it cannot check who you are, and shows nothing. "
+            "Tell its administrator (the server's log says which file and why)."
+        )
+        st.stop()
+    return False
 
 
 def _user() -> dict[str, Any]:
