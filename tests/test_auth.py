@@ -350,6 +350,23 @@ def test_the_admin_may_delete_anyones_finished_run_and_its_link_says_so(store, c
     assert f"was deleted by {ADMIN}" in texts(at) and "result G" not in texts(at)
 
 
+def test_the_compare_page_names_a_deleted_run_and_shows_the_others(store, content_png, style_png):
+    kept = [finished_run(store, content_png, style_png, ALICE, name=f"kept {i}") for i in range(2)]
+    gone = finished_run(store, content_png, style_png, ALICE, name="gone")
+    at = page(ALICE, run=gone)
+    at.switch_page("views/runs.py")
+    at.run()
+    at.button(key=f"delete_{gone}").click().run()
+    at = page(BOB, runs=",".join([*kept, gone]))
+    at.switch_page("views/compare.py")
+    at.run()
+    assert not at.exception
+    assert f"Deleted, so not shown: `{gone}` (gone); showing the others." in texts(at)
+    shown = [link.label for link in at.get("page_link")]
+    assert any("kept 0" in label for label in shown) and any("kept 1" in label for label in shown)
+    assert not any("gone" in label for label in shown)
+
+
 @pytest.mark.slow
 def test_a_run_started_in_the_studio_belongs_to_who_is_signed_in(store, content_png, style_png):
     at = page(ALICE)

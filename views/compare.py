@@ -272,7 +272,14 @@ for rid in run_ids:
         if store_down(fresh=True):
             store_failed(exc)
         unknown.append(rid)
+deleted = [run for run in runs if tracking.deletion_of(run.tags, run.lifecycle_deleted) is not None]
+runs = [run for run in runs if run not in deleted]
 others = "; showing the others." if len(runs) >= 2 else "."
+if deleted:
+    st.warning(
+        f"Deleted, so not shown: {', '.join(f'`{run.run_id}` ({run.name})' for run in deleted)}{others}",
+        icon=":material/delete:",
+    )
 if malformed:
     shown = ", ".join(tracking.shown_id(rid) for rid in malformed)
     what = "Not run ids" if len(malformed) > 1 else "Not a run id"
