@@ -237,7 +237,7 @@ def test_a_deletion_left_by_a_stopped_app_is_done_at_start_up(uri, make_queue, c
     tracking.mark_deleted(uri, [run_id], ALICE)  # the app stopped before it soft-deleted the run
     assert tracking.pending_deletions(uri) == [run_id]
     assert not tracking.load_run(uri, run_id).lifecycle_deleted
-    make_queue(uri, devices=[])
+    assert make_queue(uri, devices=[]).wait_started(timeout_s=60)  # start-up runs in the background
     assert tracking.load_run(uri, run_id).lifecycle_deleted
     assert tracking.pending_deletions(uri) == []
 
