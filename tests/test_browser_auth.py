@@ -58,6 +58,24 @@ def wait_http(url: str, proc: subprocess.Popen, what: str, timeout: float = 60) 
     pytest.fail(f"{what} did not answer at {url}")
 
 
+def start_app(port: int, secrets: Path, tracking_uri: str, **env: str) -> tuple[subprocess.Popen, str]:
+    """A real `streamlit run app.py` with these secrets (`--secrets.files`: the repo's .streamlit/ is left
+    alone) on 127.0.0.1:`port`, once it answers; and its URL."""
+    environment = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(ROOT)} | env
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--secrets.files", str(secrets)],
+        cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/_stcore/health", proc, "streamlit")
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, url
+
+
 def stop(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, 15)
     try:
@@ -118,16 +136,8 @@ def served(provider, tmp_path_factory, new_store) -> Iterator[Served]:
         'admins = ["boss@example.com"]\n'
     )
     before = streamlit_folder_state()
-    env = os.environ | {"MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT), "STYLELAB_WORKER_THREADS": "1",
-                        "STYLELAB_UNSAVED_DIR": str(folder / "unsaved")}  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--secrets.files", str(secrets)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    proc, url = start_app(port, secrets, uri, STYLELAB_WORKER_THREADS="1", STYLELAB_UNSAVED_DIR=str(folder / "unsaved"))
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/_stcore/health", proc, "streamlit")
         yield Served(url, uri, run_id)
     finally:
         stop(proc)
@@ -218,16 +228,8 @@ def test_a_secrets_file_that_does_not_parse_serves_nothing(browser, tmp_path, ne
     """Fail closed: a typo in a secrets file meant to turn sign-in on must not open the app to anyone."""
     secrets = tmp_path / "secrets.toml"
     secrets.write_text('[auth\nredirect_uri = "http://127.0.0.1/oauth2callback"\n')  # the section's ] is missing
-    port = free_port()
-    env = os.environ | {"MLFLOW_TRACKING_URI": new_store(tmp_path / "store"), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--secrets.files", str(secrets)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    proc, url = start_app(free_port(), secrets, new_store(tmp_path / "store"))
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/_stcore/health", proc, "streamlit")
         page = browser.new_context().new_page()
         page.goto(f"{url}/studio")
         page.get_by_text("secrets file cannot be read").wait_for(timeout=60_000)
