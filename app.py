@@ -1,11 +1,15 @@
 """stylelab's front door: `streamlit run app.py`. Routes to the pages, asks for sign-in when it is on (an
-`[auth]` section in the secrets, see views/auth.py) and draws the shared sidebar."""
+`[auth]` section in the secrets, see views/gate.py) and draws the shared sidebar.
+
+Only Streamlit is imported here: the engine (PyTorch, MLflow) is imported in the background (`views.boot`)
+so that on a server's first visit the studio's uploaders show at once; other pages wait for it."""
 
 import streamlit as st
 
-from views.auth import account_sidebar, require_sign_in, signed_out
-from views.common import sidebar
+from views import boot
+from views.gate import require_sign_in, signed_out
 
+boot.preload()
 st.set_page_config(page_title="stylelab", page_icon=":material/palette:", layout="wide")
 STUDIO = dict(title="Studio", icon=":material/palette:")
 pages = [
@@ -21,6 +25,14 @@ pages = [
 ]
 navigation = st.navigation(pages, position="hidden" if signed_out() else "sidebar")
 require_sign_in(pages, navigation)
-sidebar()
-account_sidebar()
+if navigation.url_path not in ("studio", ""):  # the studio waits itself, after drawing its uploaders
+    boot.wait()
+if boot.ready():
+    from views.auth import account_sidebar
+    from views.common import sidebar
+
+    sidebar()
+    account_sidebar()
+else:
+    st.sidebar.caption("Starting: loading PyTorch and MLflow, once per server start…")
 navigation.run()

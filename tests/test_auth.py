@@ -21,7 +21,7 @@ from engine.core.errors import InputError
 from engine.core.images import Inputs
 from engine.jobs import JobSpec
 from engine.studies import sweep
-from views.auth import return_target
+from views.gate import return_target
 
 ROOT = Path(__file__).resolve().parents[1]
 ALICE, BOB, ADMIN = "alice@example.com", "bob@example.com", "boss@example.com"

@@ -22,13 +22,10 @@ from engine import tracking
 from engine.core.config import INITS, OPTIMIZERS, POOLINGS, PRECISIONS, TransferConfig, knob_help
 from engine.core.device import MEMORY_SHARE, available_bytes, device_name, estimate_run_bytes, pick_device
 from engine.core.errors import InputError
-from engine.core.images import MAX_INPUT_BYTES, MAX_INPUT_PIXELS
 from engine.core.vgg import LAYER_INDEX, LAYER_NAMES
 from engine.jobs import JobQueue
 from engine.studies import explore, sweep
 
-UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"]
-UPLOAD_LIMITS = f"Up to {MAX_INPUT_BYTES // 2**20} MB and {MAX_INPUT_PIXELS // 10**6} megapixels per image."
 HELP = knob_help()
 
 

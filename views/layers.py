@@ -19,8 +19,6 @@ from engine.core.vgg import LAYER_NAMES
 from engine.studies import explore
 from views import auth
 from views.common import (
-    UPLOAD_LIMITS,
-    UPLOAD_TYPES,
     input_error,
     job_queue,
     read_failed,
@@ -29,6 +27,7 @@ from views.common import (
     tracking_uri,
     visitor_text,
 )
+from views.uploads import UPLOAD_LIMITS, UPLOAD_TYPES
 
 ACTIVE = ("SCHEDULED", "RUNNING")
 RELU_LAYERS = [name for name in LAYER_NAMES if name.startswith("relu")]

@@ -1,50 +1,19 @@
 """Studio: upload C and S, set the weights, start a run. `?clone=<run id>` starts from a run's settings
-and inputs."""
+and inputs.
+
+The uploaders need only Streamlit, so they are drawn before the engine is imported (`views.boot`): on a
+server's first visit that import takes seconds, and the uploaders are usable meanwhile."""
+
+# ruff: noqa: E402 (the engine's imports come after the uploaders on purpose)
 
 import streamlit as st
-from PIL import Image
 
-from engine import tracking
-from engine.core import images
-from engine.core.adain import adain_preview
-from engine.core.config import TransferConfig, dominant_style
-from engine.core.errors import InputError
 from engine.core.samples import CONTENTS, STYLES, sample_bytes
-from engine.jobs import JobSpec
-from engine.studies.sweep import SweepAxis, expand, submit_sweep, sweepable_params
-from views import auth
-from views.common import (
-    UPLOAD_LIMITS,
-    UPLOAD_TYPES,
-    estimate_caption,
-    input_error,
-    job_queue,
-    settings_ui,
-    store_down_text,
-    tracking_uri,
-    visitor_text,
-)
-
-PREVIEW_MAX_SIZE = 512
-
-
-@st.cache_data(max_entries=16, show_spinner="AdaIN preview…")
-def instant_preview(content_sha: str, style_sha: str, size: int, _content: Image.Image, _style: Image.Image) -> bytes:
-    """The AdaIN one-pass result as PNG, cached by the inputs' sha256 and the size (the images are not hashed)."""
-    return images.image_to_png_bytes(adain_preview(_content, _style, size))
-
+from views import boot
+from views.uploads import UPLOAD_LIMITS, UPLOAD_TYPES
 
 st.title("Studio")
-
-clone_id = st.query_params.get("clone")
-defaults, cloned_inputs = TransferConfig(), None
-if clone_id:
-    try:
-        defaults = tracking.load_config(tracking_uri(), clone_id)
-        cloned_inputs = tracking.load_inputs(tracking_uri(), clone_id)
-        st.info(f"Settings and inputs of run `{clone_id}`. Upload other images to replace them.")
-    except InputError as exc:
-        st.warning(f"Could not clone this run: {visitor_text(exc)}")
+clone_note = st.container()  # says whose settings these are, once the engine can read the run
 
 use_samples = st.toggle(
     "Try the sample images", key="use_samples",
@@ -67,6 +36,51 @@ with upload_right:
 st.caption(f"{UPLOAD_LIMITS} A larger file is marked red in the uploader and never sent: shrink it, or save it as "
            "JPEG, and choose it again.")  # the browser refuses it, so this page never hears of it
 
+START_HINT = "Upload a content image and at least one style image to begin, or try the sample images."
+clone_id = st.query_params.get("clone")
+if not (clone_id or content_file or sample_content or style_files or sample_styles):
+    st.info(START_HINT)  # needs nothing of the engine: shown while it is still being imported
+    st.stop()
+boot.wait()
+
+from PIL import Image
+
+from engine import tracking
+from engine.core import images
+from engine.core.adain import adain_preview
+from engine.core.config import TransferConfig, dominant_style
+from engine.core.errors import InputError
+from engine.jobs import JobSpec
+from engine.studies.sweep import SweepAxis, expand, submit_sweep, sweepable_params
+from views import auth
+from views.common import (
+    estimate_caption,
+    input_error,
+    job_queue,
+    settings_ui,
+    store_down_text,
+    tracking_uri,
+    visitor_text,
+)
+
+PREVIEW_MAX_SIZE = 512
+
+
+@st.cache_data(max_entries=16, show_spinner="AdaIN preview…")
+def instant_preview(content_sha: str, style_sha: str, size: int, _content: Image.Image, _style: Image.Image) -> bytes:
+    """The AdaIN one-pass result as PNG, cached by the inputs' sha256 and the size (the images are not hashed)."""
+    return images.image_to_png_bytes(adain_preview(_content, _style, size))
+
+
+defaults, cloned_inputs = TransferConfig(), None
+if clone_id:
+    try:
+        defaults = tracking.load_config(tracking_uri(), clone_id)
+        cloned_inputs = tracking.load_inputs(tracking_uri(), clone_id)
+        clone_note.info(f"Settings and inputs of run `{clone_id}`. Upload other images to replace them.")
+    except InputError as exc:
+        clone_note.warning(f"Could not clone this run: {visitor_text(exc)}")
+
 # An upload wins over a sample, and a sample over a cloned run's inputs.
 if content_file:
     content_bytes = content_file.getvalue()
@@ -82,7 +96,7 @@ else:
     style_bytes = [s.png for s in cloned_inputs.styles] if cloned_inputs else []
 if content_bytes is None or not style_bytes:
     if content_bytes is None and not style_bytes:
-        st.info("Upload a content image and at least one style image to begin, or try the sample images.")
+        st.info(START_HINT)
     else:  # say what the server holds, so a file that never arrived is not waited on in silence
         have, want = (("content image", "at least one style image") if content_bytes is not None
                       else ("style image(s)", "a content image"))  # fmt: skip

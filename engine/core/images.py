@@ -19,9 +19,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.core.errors import InputError
-
-MAX_INPUT_PIXELS = 40_000_000
-MAX_INPUT_BYTES = 50 * 1024 * 1024
+from engine.core.limits import MAX_INPUT_BYTES, MAX_INPUT_PIXELS
 
 # Only decode everyday raster formats: exotic decoders are extra attack surface for uploads,
 # and EPS would even shell out to Ghostscript.
