@@ -205,7 +205,9 @@ def tracked(sqlite_uri, content_bytes, style_bytes, tmp_path_factory) -> Tracked
 
 def test_tracked_run_logs_every_config_param_including_each_lambda(tracked):
     params = tracked.client.get_run(tracked.tracker.run_id).data.params
-    assert params == CONFIG.to_params() | {"style_images": "1"}
+    # the user's β and the effective one the optimiser used at the 32×24 output (β/64: size-aware weights)
+    assert params == CONFIG.to_params() | {"style_images": "1", "beta_effective": repr(1e5 / 64)}
+    assert params["params_version"] == "2" and load_config(tracked.uri, tracked.tracker.run_id) == CONFIG
     assert params["lambda.relu1_1"] == "0.3" and params["lambda.relu2_1"] == "0.7"
 
 

@@ -68,8 +68,21 @@ def test_step_callback_gets_every_cost_as_floats_and_the_image_on_request(conten
         assert set(r.costs) == expected and all(isinstance(v, float) for v in r.costs.values())
         c = r.costs
         assert c["style"] == pytest.approx(c["style/relu1_1"] + 0.5 * c["style/relu2_1"], rel=1e-5)
-        assert c["total"] == pytest.approx(c["content"] + config.beta * c["style"] + 1e-3 * c["tv"], rel=1e-5)
+        beta = config.effective_beta(24, 32)  # the size-aware β: 1/64 of β at 256 px (relu4_2 is 3×4, not 24×32)
+        assert beta == pytest.approx(config.beta / 64)
+        assert c["total"] == pytest.approx(c["content"] + beta * c["style"] + 1e-3 * c["tv"], rel=1e-5)
     assert reports[-1].image().size == (32, 24)
+
+
+def test_an_old_runs_params_run_with_the_beta_that_run_used(content, style):
+    # Params logged before params versions (no `params_version`) mean β as given at every size: the loop
+    # must weigh the style by β itself at 32 px, where the current version weighs it by β/64.
+    old = TransferConfig.from_params({"beta": "100000.0", "size": "32", "steps": "2", "init": "noise"})
+    for config, beta in [(old, 1e5), (old.replace(params_version=2), 1e5 / 64)]:
+        reports = []
+        transfer(content, [style], config, on_step=reports.append, device="cpu")
+        for c in (r.costs for r in reports):
+            assert c["total"] == pytest.approx(c["content"] + beta * c["style"], rel=1e-5)
 
 
 def test_runs_are_reproducible_for_a_seed_on_the_cpu(content, style):
