@@ -98,6 +98,7 @@ def app_store(new_store, tmp_path_factory) -> Iterator[str]:
         common.tracking_uri.clear()
         common.job_queue.clear()
         yield uri
+        common.job_queue().shutdown(wait=True)  # no worker thread (a studio's live preview) left inside torch
         common.job_queue.clear()
         common.tracking_uri.clear()
 

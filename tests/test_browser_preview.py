@@ -1,0 +1,71 @@
+"""The studio's live preview in a real browser: a real `streamlit run app.py` (its default process backend)
+and Debian's Chromium. A λ slider moved in the studio re-renders the preview without pressing Run, while
+a full run started earlier goes on in the same queue and finishes.
+
+Screenshots: test-artifacts/screenshots/preview-*.png.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from browser_helpers import BROWSER_TEST, set_number, shot
+from mlflow import MlflowClient
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+pytestmark = BROWSER_TEST
+
+
+def _studio_with_samples(page, server: str, size: int, steps: int) -> None:
+    page.goto(f"{server}/studio")
+    page.get_by_text("Try the sample images").click()
+    page.get_by_text("content, 512×384").wait_for()
+    set_number(page, "Size (long side, px)", size)
+    set_number(page, "Steps", steps)
+
+
+def _preview_now(page):
+    return page.locator("[data-testid=stImage]").filter(has_text="now:")
+
+
+def test_moving_a_lambda_slider_rerenders_the_preview_while_an_earlier_run_finishes(tmp_path, start_streamlit, browser):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    server = start_streamlit(uri)
+    context = browser.new_context(viewport={"width": 1400, "height": 2000})
+    runner = context.new_page()
+    runner.set_default_timeout(120_000)
+    _studio_with_samples(runner, server, 96, 120)
+    runner.get_by_role("button", name="Run").click()
+    runner.wait_for_url(re.compile(r"/runs\?run=\w+"))
+    run_id = runner.url.split("run=")[1]
+    runner.get_by_text(re.compile(r"step [1-9]\d* of 120")).wait_for()  # the full run is under way
+
+    studio = context.new_page()
+    studio.set_default_timeout(120_000)
+    _studio_with_samples(studio, server, 64, 150)
+    first = _preview_now(studio)
+    first.get_by_text("current settings").wait_for()
+    first_src = first.locator("img").get_attribute("src")
+    shot(studio, "preview-1-first")
+
+    slider = studio.get_by_role("slider", name="λ relu3_1")
+    slider.focus()
+    for _ in range(30):
+        slider.press("ArrowRight")  # 0.2 → 0.5, one rerun per key: each supersedes the last preview
+    changed = _preview_now(studio)
+    changed.get_by_text(re.compile(r"λ relu3_1 0\.[3-9]")).wait_for()
+    assert changed.locator("img").get_attribute("src") != first_src
+    assert studio.locator("[data-testid=stImage]").filter(has_text="1 before").count() == 1  # the earlier stays
+    assert studio.locator("[data-testid=stException]").count() == 0
+    shot(studio, "preview-2-after-slider")
+
+    runner.get_by_text("result G").wait_for(timeout=300_000)
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["steps_done"] == 120
+    assert run.data.params["params_version"] == "2" and "beta_effective" in run.data.params
+    experiment = run.info.experiment_id
+    assert [r.info.run_id for r in MlflowClient(uri).search_runs([experiment])] == [run_id]  # previews untracked
+    shot(runner, "preview-3-run-finished")
+    context.close()
