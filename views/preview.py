@@ -75,7 +75,7 @@ def _strip() -> None:
         title = "now" if i == 0 else f"{i} before"
         with column:
             if state == "done":
-                st.image(row.result, caption=f"{title}: {entry['label']} ({row.seconds:.1f} s)")
+                st.image(row.result, caption=f"{title}: {entry['label']} ({row.seconds:.1f} s)", width="stretch")
             elif state in PENDING:
                 pending = True
                 st.caption(f"{title}: {entry['label']}")

@@ -46,7 +46,7 @@ class TransferConfig:
     """Settings of one run. J(G) = α·J_content + β·Σ_l λ[l]·J_style[l] + tv_weight·TV(G)."""
 
     alpha: float = _knob(1.0, "content weight α")
-    beta: float = _knob(2e5, "style weight β, for a 256-px output (scaled with the size, see params_version)")
+    beta: float = _knob(1e6, "style weight β, for a 256-px output (scaled with the size, see params_version)")
     style_layers: tuple[tuple[str, float], ...] = _knob(
         tuple((layer, 0.2) for layer in GATYS_STYLE_LAYERS),
         "per-layer style weights λ[l] as (layer, λ) pairs; a dict is accepted",
