@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -41,7 +42,9 @@ from engine.core.samples import sample_path
 from engine.core.vgg import VGGFeatures
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "images"
+# ../shared/images beside the checkout (a worktree's is one folder further up); STYLELAB_SHARED_IMAGES wins
+SHARED = Path(os.environ.get("STYLELAB_SHARED_IMAGES") or next(
+    (p / "shared" / "images" for p in ROOT.parents if (p / "shared" / "images").is_dir()), ROOT.parent / "shared"))
 RESULTS = ROOT / "benchmarks" / "results"
 
 

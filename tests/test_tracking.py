@@ -228,7 +228,8 @@ def test_logged_costs_are_the_weighted_sums_at_every_step(tracked):
     for step, row in frame.iterrows():
         style = sum(LAMBDAS[layer] * row[f"cost/style/{layer}"] for layer in LAMBDAS)
         assert row["cost/style"] == pytest.approx(style, rel=1e-5), step
-        total = CONFIG.alpha * row["cost/content"] + CONFIG.beta * row["cost/style"] + CONFIG.tv_weight * row["cost/tv"]
+        beta = CONFIG.effective_beta(24, 32)  # the size-aware β at the 32×24 output, as logged in beta_effective
+        total = CONFIG.alpha * row["cost/content"] + beta * row["cost/style"] + CONFIG.tv_weight * row["cost/tv"]
         assert row["cost/total"] == pytest.approx(total, rel=1e-5), step
         assert row["cost/tv"] > 0  # the TV term is really in play
 

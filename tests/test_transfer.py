@@ -38,10 +38,12 @@ def _structure_correlation(a: Image.Image, b: Image.Image) -> float:
 
 @pytest.mark.slow
 def test_style_cost_falls_by_a_large_factor_and_content_stays_recognisable(content, style):
-    # 96 px from white noise, single scale, β scaled to this size (J_content grows with the pixel count).
+    # 96 px from white noise, single scale, β_eff = 3·10⁴ at this size (the size-aware β for 256 px that
+    # scales to it: relu4_2 has 9·12 activations per channel here, 24·32 at 256 px).
     # Measured on this pair (seeds 0 and 3): style falls 5.5-5.8x, content 6.2x; G's style cost is 0.29x
     # the content photo's own; structure correlation 0.35 with Tübingen, <= 0.15 with other photos.
-    config = TransferConfig(size=96, steps=80, coarse_levels=0, beta=3e4, seed=3, init="noise")
+    config = TransferConfig(size=96, steps=80, coarse_levels=0, beta=3e4 * (24 * 32) / (9 * 12), seed=3, init="noise")
+    assert config.effective_beta(72, 96) == pytest.approx(3e4)
     reports = []
     result = transfer(content, [style], config, on_step=reports.append, device="cpu")
     first, last = reports[0].costs, result.costs

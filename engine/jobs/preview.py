@@ -47,6 +47,7 @@ PREVIEW_STEPS = 30  # iterations: 2.5 s at 128 px on this project's 2-core CPU, 
 DEBOUNCE_S = 0.3  # a slider moved again within this time supersedes the preview before it starts
 SHARE_OF_A_RUN = 0.25  # the most of a running full batch's time that previews may take
 FIRST_ESTIMATE_S = 3.0  # a preview's length before one has been measured on this worker
+LOOK_EVERY_S = 0.25  # inside a batch, how often a worker asks the ledger for a waiting preview
 
 
 def preview_config(config: TransferConfig) -> TransferConfig:
@@ -70,6 +71,7 @@ class PreviewRunner:
         self.estimate_s = FIRST_ESTIMATE_S  # the last preview's length
         self.ran_since_batch = False  # a preview ran since the last full batch started
         self.spent_in_batch = 0.0  # seconds of previews during the running batch
+        self.next_look = 0.0  # time.monotonic() from which `between_steps` reads the ledger again
 
     def idle(self, batch_waiting: Callable[[], bool]) -> bool:
         """Between batches: run one waiting preview unless a full batch waits and a preview already ran
@@ -89,6 +91,10 @@ class PreviewRunner:
         own = batch_elapsed_s - self.spent_in_batch  # the batch's own time: its elapsed time counts the previews
         if self.spent_in_batch + self.estimate_s > SHARE_OF_A_RUN * own:
             return
+        now = time.monotonic()
+        if now < self.next_look:  # the ledger is read at most every LOOK_EVERY_S, not every (1.5-ms GPU) step
+            return
+        self.next_look = now + LOOK_EVERY_S
         start = time.perf_counter()
         if self._run_one():
             self.spent_in_batch += time.perf_counter() - start
