@@ -169,7 +169,7 @@ def report(args: argparse.Namespace) -> None:
         for j, setting in enumerate(settings):
             draw.text((150 + j * tile + 4, 3), setting, fill="black")
         for i, pair in enumerate(pairs):
-            draw.text((4, 18 + i * (tile + 16) + tile // 2), pair.replace(" × ", "\n× "), fill="black")
+            draw.text((4, 18 + i * (tile + 16) + tile // 2), pair.replace(" × ", "\nx "), fill="black")  # PIL's font
             for j, setting in enumerate(settings):
                 r = next((r for r in at if r["pair"] == pair and r["setting"] == setting), None)
                 if r is None:
@@ -178,7 +178,8 @@ def report(args: argparse.Namespace) -> None:
                 img.thumbnail((tile, tile))
                 x, y = 150 + j * tile, 18 + i * (tile + 16)
                 sheet.paste(img, (x, y))
-                draw.text((x + 4, y + img.height + 1), f"{r['style']:.1f}×, {r['content']:.2f}", fill="black")
+                draw.text((x + 4, y + img.height + 1), f"style {r['style']:.1f}x, content {r['content']:.2f}",
+                          fill="black")  # fmt: skip
         sheet.save(out / f"grid-{size}.jpg", quality=88)
 
 

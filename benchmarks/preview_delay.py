@@ -4,7 +4,8 @@
 
 One thread-backend queue on a throwaway store, the sample images. Measures: an idle worker's preview
 (submit → done, at 128 px and 30 iterations, warm), a full run alone, and the same run while a preview
-with another λ is asked for every 0.5 s (a user dragging a slider the whole time): its wall time, and how
+with another λ is asked for every `--every` seconds (a user moving a slider the whole time; a newer
+preview abandons an older one still running): its wall time, and how
 many previews were rendered during it. Prints one JSON line; the machine's load average is in it.
 """
 
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--every", type=float, default=2.0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     inputs = Inputs.decode(sample_path("tubingen.jpg").read_bytes(), [sample_path("starry_night.jpg").read_bytes()])
@@ -58,14 +60,15 @@ def main() -> None:
                     k += 1
                     asked.append(queue.submit_preview("bench", base.replace(style_layers={"relu3_1": 0.01 * k}),
                                                       inputs))  # fmt: skip
-                time.sleep(0.5)
+                time.sleep(args.every)
             seconds = time.perf_counter() - start
             rendered = sum(queue.preview(i).state == "done" for i in asked)
             return seconds, rendered
 
         alone_s, _ = full_run(False)
         dragged_s, rendered = full_run(True)
-        row = {"size": args.size, "steps": args.steps, "threads": args.threads, "preview_idle_s": idle_s,
+        row = {"size": args.size, "steps": args.steps, "threads": args.threads, "every_s": args.every,
+               "preview_idle_s": idle_s,
                "full_alone_s": alone_s, "full_with_previews_s": dragged_s, "slowdown": dragged_s / alone_s - 1,
                "previews_rendered_during_run": rendered,
                "load": Path("/proc/loadavg").read_text().split()[0]}  # fmt: skip
