@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from engine.core import images
-from engine.core.config import TransferConfig, knob_help
+from engine.core.config import PARAMS_VERSION, TransferConfig, knob_help
 from engine.core.errors import InputError
 from engine.core.transfer import StepReport, TransferResult, transfer
 
@@ -55,10 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TransferConfig:
-    """The flags as flat params, through the same parser that reads MLflow params back."""
-    params = {f.name: str(getattr(args, f.name)).lower() if isinstance(getattr(args, f.name), bool)
-              else getattr(args, f.name)
-              for f in dataclasses.fields(TransferConfig) if getattr(args, f.name, None) is not None}  # fmt: skip
+    """The flags as flat params, through the same parser that reads MLflow params back (the current params
+    version unless `--params-version` says otherwise: params without one are read as an old run's)."""
+    params = {"params_version": PARAMS_VERSION}
+    params |= {f.name: str(getattr(args, f.name)).lower() if isinstance(getattr(args, f.name), bool)
+               else getattr(args, f.name)
+               for f in dataclasses.fields(TransferConfig) if getattr(args, f.name, None) is not None}  # fmt: skip
     for item in args.lambdas:
         layer, sep, weight = item.partition("=")
         if not sep:

@@ -123,6 +123,7 @@ def app_serving(uri: str, folder: Path) -> Iterator[str]:
         try:
             yield uri
         finally:
+            common.job_queue().shutdown(wait=True)  # no worker thread (a studio's live preview) left inside torch
             common.job_queue.clear()
             common.tracking_uri.clear()
 

@@ -55,7 +55,9 @@ def tiny_studio() -> AppTest:
 
 
 def image_captions(at: AppTest) -> list[str]:
-    return [img.caption for image in at.get("image") for img in image.proto.imgs]
+    """The captions of the input thumbnails (not of the live previews, which come and go with the worker)."""
+    captions = [img.caption for image in at.get("image") for img in image.proto.imgs]
+    return [c for c in captions if c.startswith(("content, ", "style "))]
 
 
 def texts(at: AppTest) -> str:

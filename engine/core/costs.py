@@ -15,6 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.core.vgg import layer_channels, layer_stride
+
+WEIGHT_REFERENCE_SIZE = 256  # β is given for an output this long on its long side (params version 2)
+
 
 def _at_least_fp32(a: torch.Tensor) -> torch.Tensor:
     """bf16/fp16 activations -> fp32; fp32 and fp64 stay as they are (fp64 for gradcheck)."""
@@ -25,6 +29,26 @@ def content_cost(a_generated: torch.Tensor, a_content: torch.Tensor) -> torch.Te
     """J_content(C, G) = ½ ‖a[l](C) − a[l](G)‖², summed over all n_H·n_W·n_C activations of layer l."""
     diff = _at_least_fp32(a_content) - _at_least_fp32(a_generated)
     return 0.5 * diff.pow(2).flatten(1).sum(1)
+
+
+def content_activations(layer: str, height: int, width: int) -> int:
+    """n_H·n_W·n_C of `layer` for a (height × width) input: the count J_content sums over (each pooling
+    halves a side, rounding down)."""
+    stride = layer_stride(layer)
+    return layer_channels(layer) * max(height // stride, 1) * max(width // stride, 1)
+
+
+def size_aware_beta(beta: float, content_layer: str, height: int, width: int) -> float:
+    """β_eff = β · N_l(H, W) / N_l(H_ref, W_ref), with N_l = `content_activations` of the content layer and
+    (H_ref, W_ref) the same aspect at a long side of `WEIGHT_REFERENCE_SIZE` px.
+
+    J_content is a sum over N_l activations and grows with the pixel count, while every J_style[l] is
+    normalised; scaling β by the same count keeps α·J_content and β·J_style in one ratio at every size.
+    At 256 px β_eff = β, so β means what it meant before size-aware weights.
+    """
+    scale = WEIGHT_REFERENCE_SIZE / max(height, width)
+    ref_h, ref_w = max(1, round(height * scale)), max(1, round(width * scale))
+    return beta * content_activations(content_layer, height, width) / content_activations(content_layer, ref_h, ref_w)
 
 
 def gram_matrix(a: torch.Tensor, bands: int | None = None) -> torch.Tensor:

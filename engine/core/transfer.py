@@ -204,7 +204,7 @@ def transfer_batch(
         content_rgb = images.image_to_tensor(images.resize_long_side(content, size)).to(device)
         content_in, styles_in = _network_inputs(content_rgb, styles, config, device)
         with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            objective = _batch_objective(configs, net(content_in), [net(s) for s in styles_in])
+            objective = _batch_objective(configs, net(content_in), [net(s) for s in styles_in], content_in.shape[-2:])
         if scale == 0:
             starts: dict[tuple, torch.Tensor] = {}  # a λ sweep's images share one G₀ (one AdaIN pass)
             for c in configs:
@@ -235,10 +235,11 @@ def _batch_order(configs: Sequence[TransferConfig]) -> list[int]:
 
 
 def _batch_objective(
-    configs: Sequence[TransferConfig], content_features: dict, style_features: list[dict]
+    configs: Sequence[TransferConfig], content_features: dict, style_features: list[dict], shape: Sequence[int]
 ) -> Objective:
-    """One Objective for the batch: each weight a vector with one entry per config (λ = 0 where a
-    config does not use a layer, whose cost it then neither computes nor reports)."""
+    """One Objective for the batch at this scale's (height, width) `shape`: each weight a vector with one
+    entry per config (λ = 0 where a config does not use a layer, whose cost it then neither computes nor
+    reports), β the size-aware effective one (`TransferConfig.effective_beta`)."""
     config = configs[0]
     layers = tuple(dict.fromkeys(layer for c in configs for layer in c.lambdas))
     per_image = lambda get: [get(c) for c in configs]  # noqa: E731
@@ -248,7 +249,7 @@ def _batch_objective(
         content_layer=config.content_layer,
         lambdas={layer: per_image(lambda c, layer=layer: c.lambdas.get(layer, 0.0)) for layer in layers},
         alpha=per_image(lambda c: c.alpha),
-        beta=per_image(lambda c: c.beta),
+        beta=per_image(lambda c: c.effective_beta(*shape)),
         tv_weight=per_image(lambda c: c.tv_weight),
         style_blend=list(config.style_blend) or None,
         reported={layer: per_image(lambda c, layer=layer: layer in c.lambdas) for layer in layers},

@@ -20,13 +20,14 @@ import os
 import socket
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.tracking import pid_alive, process_start
 
-__all__ = ["MAX_ATTEMPTS", "STALE_AFTER_S", "Claim", "Ledger", "ledger_path", "owner_id"]
+__all__ = ["MAX_ATTEMPTS", "STALE_AFTER_S", "Claim", "Ledger", "PreviewClaim", "PreviewRow", "ledger_path", "owner_id"]
 
 MAX_ATTEMPTS = 3  # a job whose worker died this many times fails with that reason
 STALE_AFTER_S = 30.0  # a running job whose owner gave no sign of life for this long is presumed dead
@@ -46,7 +47,28 @@ CREATE TABLE IF NOT EXISTS groups_ended (
     parent TEXT PRIMARY KEY,
     ended  REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS previews (
+    id         TEXT PRIMARY KEY,
+    slot       TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    config     TEXT NOT NULL,
+    images     TEXT NOT NULL,
+    state      TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed', 'abandoned')),
+    not_before REAL NOT NULL,
+    submitted  REAL NOT NULL,
+    owner      TEXT,
+    seconds    REAL,
+    result     BLOB,
+    error      TEXT
+);
+CREATE INDEX IF NOT EXISTS previews_queued ON previews (state, not_before);
+CREATE TABLE IF NOT EXISTS preview_images (
+    sha256 TEXT PRIMARY KEY,
+    png    BLOB NOT NULL,
+    used   REAL NOT NULL
+);
 """
+PREVIEW_KEEP_S = 3600.0  # previews (and images no preview uses) older than this are deleted
 
 
 def owner_id(pid: int | None = None) -> str:
@@ -92,6 +114,28 @@ class Claim:
     batch: str
     run_ids: tuple[str, ...]
     attempt: int
+
+
+@dataclass(frozen=True)
+class PreviewClaim:
+    """A preview a worker now holds: its settings (`TransferConfig.to_json`) and images as PNG bytes."""
+
+    id: str
+    config: str
+    content: bytes
+    styles: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class PreviewRow:
+    """What a page reads of a preview: `state` queued, running, done, failed or abandoned; the result
+    as PNG bytes once done; the seconds it took on the worker."""
+
+    id: str
+    state: str
+    result: bytes | None
+    seconds: float | None
+    error: str | None
 
 
 @dataclass(frozen=True)
@@ -254,3 +298,101 @@ class Ledger:
                     requeued.append(run_id)
             db.execute("COMMIT")
         return Recovered(tuple(requeued), tuple(given_up))
+
+    # -- previews: cheap, untracked stylisations of the studio's current settings --------------------------
+    # A browser session's previews share a `slot`: a new one abandons the slot's older ones, queued or
+    # running. Which a worker runs, and when, is `engine.jobs.preview`'s rule; the rows are only the state.
+
+    def add_preview(
+        self, slot: str, key: str, config: str, images: Sequence[tuple[str, bytes]], debounce_s: float
+    ) -> str:
+        """Queue a preview of `config` (JSON) on `images` ((sha256, PNG bytes): the content, then the styles)
+        for `slot`, claimable `debounce_s` from now, and abandon the slot's earlier ones still queued or
+        running. The same `key` (settings and images) already done is returned as it is. Returns its id."""
+        now = time.time()
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            done = db.execute("SELECT id FROM previews WHERE key = ? AND state = 'done' LIMIT 1", (key,)).fetchone()
+            db.execute(
+                "UPDATE previews SET state = 'abandoned' WHERE slot = ? AND state IN ('queued', 'running')", (slot,)
+            )
+            if done is not None:
+                db.execute("COMMIT")
+                return done[0]
+            db.executemany(
+                "INSERT INTO preview_images (sha256, png, used) VALUES (?, ?, ?) "
+                "ON CONFLICT (sha256) DO UPDATE SET used = excluded.used",
+                [(sha, png, now) for sha, png in images],
+            )
+            preview_id = uuid.uuid4().hex
+            db.execute(
+                "INSERT INTO previews (id, slot, key, config, images, state, not_before, submitted) "
+                "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
+                (preview_id, slot, key, config, ",".join(sha for sha, _ in images), now + debounce_s, now),
+            )
+            db.execute("DELETE FROM previews WHERE submitted < ?", (now - PREVIEW_KEEP_S,))
+            db.execute("DELETE FROM preview_images WHERE used < ?", (now - PREVIEW_KEEP_S,))
+            db.execute("COMMIT")
+        return preview_id
+
+    def preview_waiting(self) -> bool:
+        """Whether a preview could be claimed now (queued, its debounce over): one cheap indexed read."""
+        with self._connect() as db:
+            return (
+                db.execute(
+                    "SELECT 1 FROM previews WHERE state = 'queued' AND not_before <= ? LIMIT 1", (time.time(),)
+                ).fetchone()
+                is not None
+            )
+
+    def claim_preview(self, owner: str) -> PreviewClaim | None:
+        """Atomically take the oldest claimable preview for `owner`, or None."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute(
+                "SELECT id, config, images FROM previews WHERE state = 'queued' AND not_before <= ? "
+                "ORDER BY submitted LIMIT 1",
+                (time.time(),),
+            ).fetchone()
+            if row is None:
+                db.execute("COMMIT")
+                return None
+            db.execute("UPDATE previews SET state = 'running', owner = ? WHERE id = ?", (owner, row[0]))
+            shas = row[2].split(",")
+            found = dict(
+                db.execute(
+                    f"SELECT sha256, png FROM preview_images WHERE sha256 IN ({','.join('?' * len(shas))})", shas
+                ).fetchall()
+            )
+            db.execute("COMMIT")
+        return PreviewClaim(row[0], row[1], found[shas[0]], tuple(found[sha] for sha in shas[1:]))
+
+    def preview_abandoned(self, preview_id: str) -> bool:
+        with self._connect() as db:
+            row = db.execute("SELECT state FROM previews WHERE id = ?", (preview_id,)).fetchone()
+        return row is None or row[0] == "abandoned"
+
+    def end_preview(
+        self, preview_id: str, *, result: bytes | None, seconds: float, error: str | None = None
+    ) -> None:
+        """Record a preview's result (done) or error (failed); one abandoned meanwhile stays abandoned."""
+        state = "done" if result is not None else "failed"
+        with self._connect() as db:
+            db.execute(
+                "UPDATE previews SET state = ?, result = ?, seconds = ?, error = ?, owner = NULL "
+                "WHERE id = ? AND state = 'running'",
+                (state, result, seconds, error, preview_id),
+            )
+
+    def release_preview(self, preview_id: str) -> None:
+        """Give a claimed preview back (its worker stops): queued again, for the next worker."""
+        with self._connect() as db:
+            db.execute("UPDATE previews SET state = 'queued', owner = NULL WHERE id = ? AND state = 'running'",
+                       (preview_id,))  # fmt: skip
+
+    def preview(self, preview_id: str) -> PreviewRow | None:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT id, state, result, seconds, error FROM previews WHERE id = ?", (preview_id,)
+            ).fetchone()
+        return None if row is None else PreviewRow(*row)

@@ -39,8 +39,9 @@ from engine.core.images import InputImage, Inputs
 from engine.core.plan import estimate_seconds, gflop_per_step
 from engine.core.transfer import check_batchable
 from engine.jobs import ownership, worker
+from engine.jobs import preview as previews
 from engine.jobs.backends import make_backend
-from engine.jobs.ledger import Ledger, ledger_path
+from engine.jobs.ledger import Ledger, PreviewRow, ledger_path
 from engine.jobs.serving import recover_jobs
 
 __all__ = ["BACKENDS", "JobProgress", "JobQueue", "JobSpec", "default_backend"]
@@ -419,6 +420,29 @@ class JobQueue:
                 finalise(self.tracking_uri, parent)
             except Exception:
                 log.exception("Could not finalise group %s", parent)
+
+    # -- live previews (engine.jobs.preview: cheap, untracked, at a bounded priority) -------------------
+
+    def submit_preview(self, slot: str, config: TransferConfig, inputs: Inputs) -> str:
+        """Queue the preview of `config` on `inputs` for `slot` (one browser session: its newer previews
+        abandon the older ones) and return its id at once; see `preview`. Settings already previewed
+        return that preview. InputError when no local worker runs previews (the Ray backend)."""
+        if self.backend == "ray":
+            raise InputError("Live previews run on this machine's workers; with the Ray backend, press Run.")
+        self._check_open()
+        check_style_images(config.style_blend, len(inputs.styles))
+        small = previews.preview_config(config)
+        pngs = [(inputs.content.sha256, inputs.content.png), *((s.sha256, s.png) for s in inputs.styles)]
+        preview_id = self.ledger.add_preview(slot, previews.preview_key(small, inputs), small.to_json(), pngs,
+                                             previews.DEBOUNCE_S)  # fmt: skip
+        with self._lock:
+            self._wake.notify_all()
+        self._pool.notify()
+        return preview_id
+
+    def preview(self, preview_id: str) -> PreviewRow | None:
+        """A preview's state and, once done, its result (PNG bytes); None for an unknown id."""
+        return self.ledger.preview(preview_id)
 
     # -- reading progress ----------------------------------------------------------------------------
 

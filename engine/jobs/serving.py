@@ -14,6 +14,7 @@ from engine import tracking
 from engine.core.images import Inputs
 from engine.jobs import worker
 from engine.jobs.ledger import MAX_ATTEMPTS, Claim, Ledger, Recovered, owner_id
+from engine.jobs.preview import PreviewRunner
 
 __all__ = ["CancelWatch", "Claimer", "recover_jobs", "run_claim", "serve"]
 
@@ -87,9 +88,11 @@ def serve(
     preview_every: int = 5,
     fallback_dir: str | None = None,
     owner: str | None = None,
+    previews: bool = True,
 ) -> None:
     """Claim batches from `ledger` and run them on `device` until `stop()`: the loop of every local
-    worker (a thread or a child process). Beats the heartbeat of its claims from a side thread."""
+    worker (a thread or a child process). Beats the heartbeat of its claims from a side thread. With
+    `previews`, it also runs the studio's live previews (`engine.jobs.preview`)."""
     owner = owner or owner_id()
     beating = threading.Event()
 
@@ -100,15 +103,22 @@ def serve(
 
     threading.Thread(target=heartbeat, name=f"stylelab-heartbeat-{device}", daemon=True).start()
     claims = Claimer(ledger, tracking_uri, owner)
+    # Live previews share this loop at the priority `engine.jobs.preview` states.
+    runner = PreviewRunner(ledger, device, owner, stop) if previews else None
     try:
         while not stop():
+            if runner is not None and runner.idle(batch_waiting=lambda: bool(ledger.queued())):
+                continue
             claim = claims.next()
             if claim is None:
                 wait()
                 continue
+            if runner is not None:
+                runner.batch_started()
             run_claim(ledger, tracking_uri, device, claim, stop=stop, publish=publish,
                       inputs=take_inputs(claim.batch), local_cancel=local_cancel, preview_every=preview_every,
-                      fallback_dir=fallback_dir, owner=owner)  # fmt: skip
+                      fallback_dir=fallback_dir, owner=owner,
+                      between_steps=runner.between_steps if runner is not None else None)  # fmt: skip
     finally:
         beating.set()
 
@@ -126,13 +136,16 @@ def run_claim(
     preview_every: int,
     fallback_dir: str | None,
     owner: str,
+    between_steps: Callable[[float], None] | None = None,
 ) -> None:
-    """Run one claimed batch and settle it in the ledger: done, or given back when interrupted."""
+    """Run one claimed batch and settle it in the ledger: done, or given back when interrupted.
+    `between_steps(elapsed_s)` runs after each of its iterations (live previews)."""
     try:
         with CancelWatch(tracking_uri, claim.run_ids, local_cancel) as cancelled:
             ended = worker.run_batch(tracking_uri, claim.run_ids, device, cancelled=cancelled, interrupted=stop,
                                      publish=publish, inputs=inputs, preview_every=preview_every,
-                                     attempt=claim.attempt, fallback_dir=fallback_dir)  # fmt: skip
+                                     attempt=claim.attempt, fallback_dir=fallback_dir,
+                                     between_steps=between_steps)  # fmt: skip
     except Exception:  # a bug in the bookkeeping itself: the jobs stay claimed, recovery retries them
         log.exception("Jobs %s failed in the worker", ", ".join(claim.run_ids))
         return

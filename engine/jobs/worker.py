@@ -97,12 +97,14 @@ def run_batch(
     attempt: int = 1,
     fallback_dir: str | None = None,
     quality: bool = True,
+    between_steps: Callable[[float], None] | None = None,
 ) -> list[Ended]:
     """Run the stored jobs `run_ids` (one batch; they share their inputs) on `device`, each recorded in
     its own MLflow run. A job for which `cancelled(run_id)` turns true stops being recorded at once and
     ends KILLED with the batch's result; all cancelled, the batch stops. When `interrupted()` turns true
     (the service shuts down), the batch stops and every job not cancelled goes back to SCHEDULED, to run
-    again from the start elsewhere. Returns one `Ended` per job, in order."""
+    again from the start elsewhere. `between_steps(elapsed_s)` is called after every iteration (the
+    worker's live previews run there, see `engine.jobs.preview`). Returns one `Ended` per job, in order."""
     run_ids = list(run_ids)
     publish(Started(tuple(run_ids), device, attempt))
     recorders: list[RunRecorder] = []
@@ -139,6 +141,8 @@ def run_batch(
             show = report.step % preview_every == 0 or report.step in (1, report.total_steps)
             publish(Stepped(run_id, report.step, report.total_steps, report.size, dict(report.costs),
                             report.elapsed_s, report.image() if show else None))  # fmt: skip
+        if between_steps is not None and not stopping:
+            between_steps(reports[0].elapsed_s)
 
     results: list[TransferResult] | None = None
     error: str | None = None

@@ -2,7 +2,8 @@
 `RunRecorder` maps its step reports and result onto it while it runs (metrics, snapshots of G, result).
 
 Naming (see DESIGN.md, "MLflow naming contract"):
-- params: `TransferConfig.to_params()` (`alpha`, `beta`, `lambda.<layer>`, …) plus `style_images`;
+- params: `TransferConfig.to_params()` (`alpha`, `beta`, `lambda.<layer>`, …, `params_version`) plus
+  `style_images` and `beta_effective` (the size-aware β the optimiser used at the output size);
 - metrics with step = iteration: `cost/total`, `cost/content`, `cost/style` (Σ λ·J), `cost/style/<layer>`
   (J_style[l], unweighted), `cost/tv`, `time/step_seconds`; at the end `final/<cost>` (the costs of the
   returned image, the best G at the final scale), `time/total_seconds`, `time/tracking_seconds` and
@@ -46,7 +47,7 @@ import engine
 from engine.core.config import TransferConfig, check_style_images
 from engine.core.device import device_name, pick_device
 from engine.core.errors import InputError
-from engine.core.images import Inputs
+from engine.core.images import Inputs, long_side_size
 from engine.core.transfer import StepReport, TransferResult
 from engine.tracking.orphans import process_start, worker_id
 from engine.tracking.schema import (
@@ -99,6 +100,13 @@ _STOP = _Task("stop", None)
 def _default_name(config: TransferConfig, source: str) -> str:
     c = config
     return f"{source} {c.size}px {c.optimizer}×{c.total_steps} β/α={c.beta / max(c.alpha, 1e-30):.0e}"
+
+
+def effective_params(config: TransferConfig, inputs: Inputs) -> dict[str, str]:
+    """`beta_effective`: the β the optimiser uses at the output size (`TransferConfig.effective_beta`; a
+    coarse scale uses its own size's). The user's β stays the param `beta`."""
+    width, height = long_side_size(inputs.content.image.size, config.size)
+    return {"beta_effective": repr(config.effective_beta(height, width))}
 
 
 def create_run(
@@ -154,7 +162,7 @@ def create_run(
     try:
         if status == "SCHEDULED":
             client.update_run(run_id, status="SCHEDULED")
-        params = config.to_params() | {"style_images": str(len(inputs.styles))}
+        params = config.to_params() | {"style_images": str(len(inputs.styles))} | effective_params(config, inputs)
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):
             client.log_batch(run_id, params=items[i : i + 100], synchronous=True)

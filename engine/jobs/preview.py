@@ -1,0 +1,150 @@
+"""Live previews: a small, cheap, untracked stylisation of the studio's current settings, run by the same
+workers as full runs, through the same ledger, at a priority that bounds what it costs a full run.
+
+- **What a preview is**: the settings at `PREVIEW_SIZE` px (or less) and `PREVIEW_STEPS` iterations at
+  one scale (`preview_config`). Thanks to the size-aware β (params version 2) it has the balance the full
+  run will have. It is not an MLflow run: its settings, images and result live in the ledger's
+  `previews` table for an hour, and nothing else records it.
+- **Debounced, superseded**: a preview is claimable `DEBOUNCE_S` after it was asked for, and a newer one
+  of the same slot (a browser session) abandons it, queued or running (the run stops at its next
+  iteration). Asking again for settings already previewed returns that result at once.
+- **Priority, and what it costs a full run** (`PreviewRunner`): a worker that is idle runs a waiting
+  preview at once. Between two full batches it runs at most one preview before the next waiting batch,
+  so a queued full run waits for at most one preview. While a full batch runs, a preview runs between
+  two of its iterations only while the previews run during that batch, the one about to start counted
+  (its length estimated from the last one's), stay within `SHARE_OF_A_RUN` of the batch's own time so
+  far: a full run takes at most about a quarter longer, however fast the sliders move.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+
+from engine.core import images
+from engine.core.config import TransferConfig
+from engine.core.errors import InputError
+from engine.core.images import Inputs
+from engine.core.transfer import transfer
+from engine.jobs.ledger import Ledger, PreviewClaim
+
+__all__ = [
+    "DEBOUNCE_S",
+    "PREVIEW_SIZE",
+    "PREVIEW_STEPS",
+    "SHARE_OF_A_RUN",
+    "PreviewRunner",
+    "preview_config",
+    "preview_key",
+]
+
+log = logging.getLogger(__name__)
+
+PREVIEW_SIZE = 128  # px, long side
+PREVIEW_STEPS = 30  # iterations: 7.5 s at 128 px on this 2-core CPU while other sessions loaded it (README)
+DEBOUNCE_S = 0.3  # a slider moved again within this time supersedes the preview before it starts
+SHARE_OF_A_RUN = 0.25  # the most of a running full batch's time that previews may take
+FIRST_ESTIMATE_S = 3.0  # a preview's length before one has been measured on this worker
+LOOK_EVERY_S = 0.25  # inside a batch, how often a worker asks the ledger for a waiting preview
+
+
+def preview_config(config: TransferConfig) -> TransferConfig:
+    """The preview of `config`: the same weights, layers and start at `PREVIEW_SIZE` px (or the run's size
+    when smaller) and `PREVIEW_STEPS` iterations at one scale, in the run's params version."""
+    return config.replace(size=min(config.size, PREVIEW_SIZE), steps=min(config.steps, PREVIEW_STEPS), coarse_levels=0)
+
+
+def preview_key(config: TransferConfig, inputs: Inputs) -> str:
+    """Digest of a preview's settings and images: the same key, the same preview."""
+    parts = [config.to_json(), inputs.content.sha256, *(s.sha256 for s in inputs.styles)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+class PreviewRunner:
+    """A worker's previews: claims them from the ledger by the rule of the module's docstring and runs them
+    on the worker's device. `idle()` runs between batches, `between_steps(elapsed_s)` inside one."""
+
+    def __init__(self, ledger: Ledger, device: str, owner: str, stop: Callable[[], bool] = lambda: False) -> None:
+        self.ledger, self.device, self.owner, self.stop = ledger, device, owner, stop
+        self.estimate_s = FIRST_ESTIMATE_S  # the last preview's length
+        self.ran_since_batch = False  # a preview ran since the last full batch started
+        self.spent_in_batch = 0.0  # seconds of previews during the running batch
+        self.next_look = 0.0  # time.monotonic() from which `between_steps` reads the ledger again
+
+    def idle(self, batch_waiting: Callable[[], bool]) -> bool:
+        """Between batches: run one waiting preview unless a full batch waits and a preview already ran
+        since the last batch. True when a preview ran."""
+        if self.ran_since_batch and batch_waiting():
+            return False
+        ran = self._run_one()
+        self.ran_since_batch |= ran
+        return ran
+
+    def batch_started(self) -> None:
+        self.ran_since_batch, self.spent_in_batch = False, 0.0
+
+    def between_steps(self, batch_elapsed_s: float) -> None:
+        """Inside a full batch, after one of its iterations: run a waiting preview if the batch's budget
+        (`SHARE_OF_A_RUN` of its own time so far, this preview counted) allows."""
+        own = batch_elapsed_s - self.spent_in_batch  # the batch's own time: its elapsed time counts the previews
+        if self.spent_in_batch + self.estimate_s > SHARE_OF_A_RUN * own:
+            return
+        now = time.monotonic()
+        if now < self.next_look:  # the ledger is read at most every LOOK_EVERY_S, not every (1.5-ms GPU) step
+            return
+        self.next_look = now + LOOK_EVERY_S
+        start = time.perf_counter()
+        if self._run_one():
+            self.spent_in_batch += time.perf_counter() - start
+
+    def _run_one(self) -> bool:
+        try:
+            if not self.ledger.preview_waiting():
+                return False
+            claim = self.ledger.claim_preview(self.owner)
+        except Exception as e:  # the ledger busy or gone: previews wait, runs go on
+            log.warning("Could not read the previews of %s: %s", self.ledger.path, e)
+            return False
+        if claim is None:
+            return False
+        self._run(claim)
+        return True
+
+    def _run(self, claim: PreviewClaim) -> None:
+        start = time.perf_counter()
+        result = error = None
+        checked = [start]
+
+        def abandoned() -> bool:  # asked at most every 0.1 s: the ledger read costs ~1 ms
+            if self.stop():
+                return True
+            now = time.perf_counter()
+            if now - checked[0] < 0.1:
+                return False
+            checked[0] = now
+            return self.ledger.preview_abandoned(claim.id)
+
+        try:
+            config = TransferConfig.from_json(claim.config)
+            inputs = Inputs.decode(claim.content, claim.styles)
+            out = transfer(inputs.content.image, inputs.style_images, config, should_stop=abandoned,
+                           device=self.device)  # fmt: skip
+            if out.stopped != "cancelled":
+                result = images.image_to_png_bytes(out.image)
+        except InputError as e:
+            error = str(e)
+        except Exception as e:  # a preview's failure is shown on it, and the worker goes on
+            log.exception("Preview %s failed", claim.id)
+            error = f"the preview failed ({type(e).__name__})"
+        seconds = time.perf_counter() - start
+        try:
+            if self.stop() and result is None and error is None:
+                self.ledger.release_preview(claim.id)
+            else:
+                self.ledger.end_preview(claim.id, result=result, seconds=seconds, error=error)
+        except Exception as e:
+            log.warning("Could not record preview %s: %s", claim.id, e)
+        if result is not None:
+            self.estimate_s = seconds
