@@ -9,7 +9,7 @@ import streamlit as st
 from views import boot
 from views.gate import require_sign_in, signed_out
 
-boot.preload()
+boot.preload(start_queue=True)
 st.set_page_config(page_title="stylelab", page_icon=":material/palette:", layout="wide")
 STUDIO = dict(title="Studio", icon=":material/palette:")
 pages = [

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 from browser_helpers import BROWSER_TEST, SCREENSHOTS, put_from_page, set_number, shot
 from conftest import free_port
-from test_dead_store import MlflowServer
+from servers import MlflowServer
 
 from engine import tracking
 
@@ -251,7 +251,7 @@ def test_a_bad_link_gets_a_clear_message_and_no_traceback(served, browser, addre
 
 @pytest.fixture
 def mlflow_server(template_db, tmp_path):
-    srv = MlflowServer(template_db, tmp_path / "server")
+    srv = MlflowServer.sqlite_copy(template_db, tmp_path / "server")
     srv.start()
     yield srv
     srv.kill()

@@ -63,7 +63,7 @@ def mlflow_ui_base() -> str:
     return os.environ.get("STYLELAB_MLFLOW_UI", "http://127.0.0.1:5000").rstrip("/")
 
 
-@st.cache_resource(on_release=lambda queue: queue.shutdown())
+@st.cache_resource(on_release=lambda queue: queue.shutdown(), show_spinner=False)
 def job_queue() -> JobQueue:
     """One queue for every browser session of this server; its workers outlive reruns and closed tabs. It
     ends sweeps' and strips' parents itself, also those whose last child ended before a restart."""

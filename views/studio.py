@@ -40,8 +40,9 @@ START_HINT = "Upload a content image and at least one style image to begin, or t
 clone_id = st.query_params.get("clone")
 if not (clone_id or content_file or sample_content or style_files or sample_styles):
     st.info(START_HINT)  # needs nothing of the engine: shown while it is still being imported
+    boot.wait_then_redraw()
     st.stop()
-boot.wait()
+boot.wait_then_redraw()
 
 from PIL import Image
 
@@ -127,7 +128,10 @@ except InputError as exc:
 
 estimate, fits = estimate_caption(config, content.height / content.width)
 (st.caption if fits else st.warning)(estimate + ("" if fits else " That is more than this device has: lower the size."))
-live_preview(config, inputs)
+# A fragment timer set in the run that calls st.switch_page fires on the next page and crashes it in the
+# browser ("Bad delta path"): the run that leaves for the run's (or sweep's) page draws no live preview.
+if not (st.session_state.get("run_pressed") or st.session_state.get("sweep_pressed")):
+    live_preview(config, inputs)
 
 if st.checkbox("Instant preview (AdaIN)", key="adain_preview", help="Huang & Belongie 2017, one network pass"):
     pick = dominant_style(config.style_blend, len(styles))  # the style the 'adain' init uses
@@ -155,7 +159,7 @@ def refused(exc: InputError) -> None:
     input_error(exc)
 
 
-if st.button("Run", type="primary", disabled=not fits):
+if st.button("Run", type="primary", disabled=not fits, key="run_pressed"):
     try:
         run_id = job_queue().submit(JobSpec(config=config, content=inputs.content, styles=inputs.styles,
                                             owner=auth.owner()))  # fmt: skip
@@ -184,7 +188,7 @@ with st.expander("Sweep: vary one or two settings over a list or a grid"):
     if settings:
         seconds = sum(job_queue().estimate_seconds(c, aspect=content.height / content.width) for _, c in settings)
         st.caption(f"{len(settings)} runs, about {seconds:.0f} s in all on this device.")
-    if st.button("Run sweep", disabled=not settings or not fits):
+    if st.button("Run sweep", disabled=not settings or not fits, key="sweep_pressed"):
         try:
             handle = submit_sweep(job_queue(), config, [SweepAxis(p, v) for p, v in axes], inputs.content,
                                   inputs.styles, owner=auth.owner())  # fmt: skip
