@@ -90,6 +90,7 @@ def assert_no_leaks(page, store: Path) -> None:
 # Eight at once
 
 
+@pytest.mark.load
 def test_eight_sessions_pressing_run_at_once_get_eight_runs_each_page_its_own(served, browser, content_png,
                                                                             style_png):  # fmt: skip
     sizes = [32 + 4 * i for i in range(SESSIONS)]  # 32 … 60 px: each session's run is told apart by it

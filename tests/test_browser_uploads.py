@@ -53,6 +53,7 @@ def open_studio(browser, server: str):
     return context, page, sent
 
 
+@pytest.mark.load
 def test_eight_sessions_uploading_at_once_all_get_their_images(server, browser, content_png, style_png):
     opened = [open_studio(browser, server) for _ in range(SESSIONS)]
     try:

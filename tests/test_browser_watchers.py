@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import statistics
 
+import pytest
 from browser_helpers import BROWSER_TEST
 
 from benchmarks.watchers import measure
 
-pytestmark = BROWSER_TEST
+pytestmark = [*BROWSER_TEST, pytest.mark.load]
 
 VIEWERS = 4
 BOUND = 0.5  # generous: the benchmark's figure for 20 viewers is the real target (README)

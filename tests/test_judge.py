@@ -56,6 +56,7 @@ def test_each_result_is_judged_at_its_own_size(content, style):
 
 
 @pytest.mark.slow
+@pytest.mark.load
 def test_the_default_settings_give_one_balance_at_96_and_192_px(content, style):
     """Issue 16's size-invariance figure at small sizes: with the default (size-aware) β, the style figure
     at 192 px is within 0.8–1.25× of the 96-px one and content kept within 0.1 (the issue's band for 128
