@@ -1,15 +1,15 @@
 """stylelab's front door: `streamlit run app.py`. Routes to the pages, asks for sign-in when it is on (an
 `[auth]` section in the secrets, see views/gate.py) and draws the shared sidebar.
 
-Only Streamlit is imported here: the engine (PyTorch, MLflow) is imported in the background (`views.boot`)
-so that on a server's first visit the studio's uploaders show at once; other pages wait for it."""
+The engine (PyTorch, MLflow) is imported here, before any page: a server's first visit waits for it (see
+"Start-up: cold and warm" in the README for why it is not imported in the background)."""
 
 import streamlit as st
 
-from views import boot
+from views.auth import account_sidebar
+from views.common import sidebar
 from views.gate import require_sign_in, signed_out
 
-boot.preload(start_queue=True)
 st.set_page_config(page_title="stylelab", page_icon=":material/palette:", layout="wide")
 STUDIO = dict(title="Studio", icon=":material/palette:")
 pages = [
@@ -25,14 +25,6 @@ pages = [
 ]
 navigation = st.navigation(pages, position="hidden" if signed_out() else "sidebar")
 require_sign_in(pages, navigation)
-if navigation.url_path not in ("studio", ""):  # the studio waits itself, after drawing its uploaders
-    boot.wait()
-if boot.ready():
-    from views.auth import account_sidebar
-    from views.common import sidebar
-
-    sidebar()
-    account_sidebar()
-else:
-    st.sidebar.caption("Starting: loading PyTorch and MLflow, once per server start…")
+sidebar()  # creates the job queue: jobs left by a restart start at the server's first visit
+account_sidebar()
 navigation.run()

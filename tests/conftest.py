@@ -36,10 +36,8 @@ from servers import MlflowServer, PostgresCluster, ServerError, free_port, migra
 from engine.core import images
 from engine.core.samples import sample_path
 from engine.jobs import JobQueue
-from views import boot
 
 ROOT = Path(__file__).resolve().parents[1]
-boot.wait()  # the app's background import of the engine: AppTests see it done, as every visit but a server's first
 
 
 def png_bytes(path: Path, long_side: int = 64) -> bytes:

@@ -1,15 +1,14 @@
 """Studio: upload C and S, set the weights, start a run. `?clone=<run id>` starts from a run's settings
 and inputs.
 
-The uploaders need only Streamlit, so they are drawn before the engine is imported (`views.boot`): on a
-server's first visit that import takes seconds, and the uploaders are usable meanwhile."""
+The uploaders and the start hint come first: they need nothing of the engine, and a page without
+images stops there."""
 
 # ruff: noqa: E402 (the engine's imports come after the uploaders on purpose)
 
 import streamlit as st
 
 from engine.core.samples import CONTENTS, STYLES, sample_bytes
-from views import boot
 from views.uploads import UPLOAD_LIMITS, UPLOAD_TYPES
 
 st.title("Studio")
@@ -39,10 +38,8 @@ st.caption(f"{UPLOAD_LIMITS} A larger file is marked red in the uploader and nev
 START_HINT = "Upload a content image and at least one style image to begin, or try the sample images."
 clone_id = st.query_params.get("clone")
 if not (clone_id or content_file or sample_content or style_files or sample_styles):
-    st.info(START_HINT)  # needs nothing of the engine: shown while it is still being imported
-    boot.wait_then_redraw()
+    st.info(START_HINT)
     st.stop()
-boot.wait_then_redraw()
 
 from PIL import Image
 

@@ -1,5 +1,4 @@
-"""What the upload widgets of the studio and the layers page accept. Light (no torch, no MLflow), so the
-studio draws its uploaders before the engine is imported (`views.boot`)."""
+"""What the upload widgets of the studio and the layers page accept. Light (no torch, no MLflow)."""
 
 from engine.core.limits import MAX_INPUT_BYTES, MAX_INPUT_PIXELS
 
