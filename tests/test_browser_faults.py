@@ -74,8 +74,11 @@ def open_page(browser, url: str):
 
 
 def upload_pair(page, content_png: bytes, style_png: bytes) -> None:
+    """Content first, then the style once the server has the content, as the page asks. (Both set at once
+    on a cold server can lose the second to the first one's rerun: `test_browser_uploads.py`, `-m load`.)"""
     files = page.locator("input[type=file]")
     files.nth(0).set_input_files(file("content.png", content_png))
+    page.get_by_text("The server has your content image").wait_for()
     files.nth(1).set_input_files(file("style.png", style_png))
 
 

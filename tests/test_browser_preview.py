@@ -65,6 +65,7 @@ def test_moving_a_lambda_slider_rerenders_the_preview_while_an_earlier_run_finis
     # take minutes on a loaded 2-core machine (a few seconds on a quiet one)
     studio.set_default_timeout(600_000)
     _studio_with_samples(studio, server, 64, 150)
+    studio.get_by_text("Live preview", exact=True).click()  # off by default
     first = _preview_now(studio)
     # "size 64" when the 128-px preview of the defaults was done before the size was set (the runner's
     # page rendered those same settings already: a preview is not rendered twice), else "current settings"

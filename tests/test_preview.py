@@ -126,6 +126,8 @@ def test_the_studio_previews_each_setting_side_by_side_without_a_run(app_store):
     at.file_uploader(key="styles").set_value([("s.jpg", sample_path("starry_night.jpg").read_bytes(), "image/jpeg")])
     at.run()
     next(n for n in at.number_input if n.label.startswith("Size")).set_value(32).run()
+    assert "previews" not in at.session_state  # off until the visitor turns it on
+    at.toggle(key="live_preview").set_value(True).run()
 
     def rendered() -> list[str]:
         _wait(lambda: all(job_queue().preview(e["id"]).state == "done" for e in at.session_state["previews"]))

@@ -23,7 +23,7 @@ PENDING = ("queued", "running")
 def live_preview(config: TransferConfig, inputs: Inputs) -> None:
     """Queue the preview of `config` when it differs from the last one, and draw the strip of previews."""
     if not st.toggle(
-        "Live preview", value=True, key="live_preview",
+        "Live preview", value=False, key="live_preview",  # off: every visitor's renders share the server's CPU
         help=f"Re-renders at {PREVIEW_SIZE} px and {PREVIEW_STEPS} iterations whenever a setting changes, without "
         "a tracked run. The balance of α, β and λ is the same at every size, so it shows what Run will make.",
     ):  # fmt: skip
