@@ -1,18 +1,34 @@
 """Studio: upload C and S, set the weights, start a run. `?clone=<run id>` starts from a run's settings
 and inputs.
 
-The uploaders and the start hint come first: they need nothing of the engine, and a page without
-images stops there."""
-
-# ruff: noqa: E402 (the engine's imports come after the uploaders on purpose)
+A page without images stops after the uploaders and the start hint."""
 
 import streamlit as st
+from PIL import Image
 
+from engine import tracking
+from engine.core import images
+from engine.core.adain import adain_preview
+from engine.core.config import TransferConfig, dominant_style
+from engine.core.errors import InputError
 from engine.core.samples import CONTENTS, STYLES, sample_bytes
+from engine.jobs import JobSpec
+from engine.studies.sweep import SweepAxis, expand, submit_sweep, sweepable_params
+from views import auth
+from views.common import (
+    estimate_caption,
+    input_error,
+    job_queue,
+    settings_ui,
+    store_down_text,
+    tracking_uri,
+    visitor_text,
+)
+from views.preview import live_preview
 from views.uploads import UPLOAD_LIMITS, UPLOAD_TYPES
 
 st.title("Studio")
-clone_note = st.container()  # says whose settings these are, once the engine can read the run
+clone_note = st.container()  # says whose settings these are, above the uploaders
 
 use_samples = st.toggle(
     "Try the sample images", key="use_samples",
@@ -41,26 +57,6 @@ if not (clone_id or content_file or sample_content or style_files or sample_styl
     st.info(START_HINT)
     st.stop()
 
-from PIL import Image
-
-from engine import tracking
-from engine.core import images
-from engine.core.adain import adain_preview
-from engine.core.config import TransferConfig, dominant_style
-from engine.core.errors import InputError
-from engine.jobs import JobSpec
-from engine.studies.sweep import SweepAxis, expand, submit_sweep, sweepable_params
-from views import auth
-from views.common import (
-    estimate_caption,
-    input_error,
-    job_queue,
-    settings_ui,
-    store_down_text,
-    tracking_uri,
-    visitor_text,
-)
-from views.preview import live_preview
 
 PREVIEW_MAX_SIZE = 512
 
