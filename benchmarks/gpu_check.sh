@@ -20,3 +20,5 @@ fi
 # Engine checks on CUDA first (fast, fail early): the batched L-BFGS against torch's, a tiny run, a batch.
 "$PY" benchmarks/cuda_smoke.py 2>&1 | tee "$OUT/smoke.txt" || exit 1
 "$PY" benchmarks/fast.py --device cuda --out "$OUT" ${FAST_ARGS:-} 2>&1 | tee "$OUT/fast-log.txt"
+# Issue #14: 4K and 8K by tiles within a 24 GB card's budget (peak allocated, seconds per iteration).
+STYLELAB_MEMORY_LIMIT_GIB=24 "$PY" benchmarks/tiling.py gpu 2>&1 | tee "$OUT/tiling-gpu.txt"

@@ -28,7 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("content", help="content image C")
     parser.add_argument("styles", nargs="+", metavar="style", help="style image(s) S")
-    parser.add_argument("-o", "--output", default="result.png", help="where to write G (PNG)")
+    parser.add_argument(
+        "-o", "--output", default="result.png",
+        help="where to write G: PNG (8 bits per channel), or .tif/.tiff for a 16-bit TIFF (for print)",
+    )  # fmt: skip
     defaults = TransferConfig()
     for name, help_text in knob_help().items():
         if name == "style_layers":
@@ -104,6 +107,7 @@ def write_report(path: str, result: TransferResult, config: TransferConfig, run_
         "seconds": round(result.elapsed_s, 3),
         "device": result.device,
         "stopped": result.stopped,
+        "memory_plan": result.memory_plan,
         "run_id": run_id,
         "config": config.to_params(),
     }
@@ -146,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise InputError(f"Run {run_id} failed: {ended.error}")
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)
-        result.image.save(output)
+        if output.suffix.lower() in (".tif", ".tiff"):
+            images.write_tiff16(result.pixels, output)
+        else:
+            result.image.save(output)
         if args.report:
             write_report(args.report, result, config, run_id)
     except InputError as exc:

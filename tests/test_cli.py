@@ -37,6 +37,17 @@ def test_cli_writes_the_image_and_a_report_of_every_layers_cost(tmp_path):
     assert "3/3" in proc.stderr  # the progress line reached the end
 
 
+def test_cli_writes_a_16_bit_tiff_of_a_tiled_run(tmp_path):
+    out, report = tmp_path / "g.tif", tmp_path / "costs.json"
+    proc = run_cli(CONTENT, STYLE, "-o", out, "--size", "160", "--steps", "2", "--tile-size", "64",
+                   "--lambda", "relu1_1=1", "--lambda", "relu2_1=1", "--content-layer", "relu2_1", "--no-track",
+                   "--report", report, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    tiff = Image.open(out)
+    assert tiff.size == (160, 120) and tiff.tile[0][3][0] == "RGB;16L"  # 16 bits per channel, as Pillow reads it
+    assert "in tiles of 64 px with a 4-px halo" in json.loads(report.read_text())["memory_plan"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -46,7 +57,8 @@ def test_cli_writes_the_image_and_a_report_of_every_layers_cost(tmp_path):
         (["--beta", "-2"], "beta must be zero or positive"),
         (["--alpha", "inf"], "alpha must be a finite number"),
         (["--optimizer", "sgd"], "Unknown optimizer 'sgd'"),
-        (["--size", "4096"], "Choose a smaller size"),
+        (["--size", "4096", "--tile-size", "0"], "or let the run go by tiles"),
+        (["--tile-size", "20"], "tile_size must be auto, 0 or a whole number from 64"),
     ],
 )
 def test_bad_settings_print_one_clear_line_and_exit_2(tmp_path, args, message):

@@ -101,7 +101,7 @@ def test_every_knob_has_help():
         ({"content_layer": "conv4_9"}, "Unknown content layer"),
         ({"optimizer": "lbgfs"}, "Did you mean 'lbfgs'?"),
         ({"init": "random"}, "choose one of noise, content, blend"),
-        ({"size": 100_000}, "size must be between 16 and 4096"),
+        ({"size": 100_000}, "size must be between 16 and 8192"),
         ({"size": 2.5}, "size must be a whole number"),
         ({"alpha": 0, "beta": 0}, "nothing to optimise"),
         ({"style_layers": {}}, "no style layer has λ > 0"),

@@ -27,6 +27,7 @@ from engine.core.images import (
     rgb_to_yiq,
     sha256_of,
     tensor_to_image,
+    write_tiff16,
     yiq_to_rgb,
 )
 from engine.core.samples import sample_path
@@ -428,3 +429,15 @@ def test_combine_luminance_with_colours_resizes_content_and_clamps() -> None:
     assert float(out[0, 0].mean()) == pytest.approx(1.0)
     assert float(out[0, 1].mean()) < 0.9
     assert float(out[0, 2].mean()) < 0.9
+
+
+def test_a_16_bit_tiff_keeps_the_values_to_one_65535th(tmp_path):
+    t = torch.rand(1, 3, 37, 53, generator=torch.Generator().manual_seed(0))
+    write_tiff16(t, tmp_path / "g.tif")
+    tiff = Image.open(tmp_path / "g.tif")
+    assert tiff.size == (53, 37)
+    decoder, _, offset, (raw_mode, *_) = tiff.tile[0]  # where Pillow's TIFF parser finds the pixels
+    assert decoder == "raw" and raw_mode == "RGB;16L"
+    data = (tmp_path / "g.tif").read_bytes()[offset : offset + 37 * 53 * 6]
+    values = np.frombuffer(data, dtype="<u2").reshape(37, 53, 3) / 65535
+    assert np.abs(values - t[0].permute(1, 2, 0).numpy()).max() <= 0.5 / 65535 + 1e-7

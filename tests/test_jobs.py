@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 
 from engine import jobs
 from engine.core import images, plan
-from engine.core.config import MAX_SIZE, TransferConfig
+from engine.core.config import TransferConfig
 from engine.core.device import check_fits, estimate_run_bytes
 from engine.core.errors import InputError
 from engine.core.plan import default_seconds_per_gflop, estimate_seconds
@@ -213,10 +213,10 @@ def test_cancelling_a_running_job_kills_it_with_the_best_image_as_result(store_u
 
 
 def test_a_job_failing_in_the_worker_fails_its_run_and_the_next_job_still_runs(uri, make_queue, content_png, style_png):
-    too_big = CONFIG.replace(size=MAX_SIZE)
-    try:  # the content is 4:3, so the run would be 4096×3072: ~40 GiB, more than this machine has
+    too_big = CONFIG.replace(size=4096, tile_size="0")
+    try:  # the content is 4:3, so the untiled run would be 4096×3072: ~47 GiB, more than this machine has
         cpu = torch.device("cpu")
-        check_fits(estimate_run_bytes(too_big, MAX_SIZE * 3 // 4, MAX_SIZE, cpu), MAX_SIZE * 3 // 4, MAX_SIZE, cpu)
+        check_fits(estimate_run_bytes(too_big, 3072, 4096, cpu), 3072, 4096, cpu)
     except InputError:
         pass
     else:

@@ -161,13 +161,13 @@ def test_several_style_images_blend_and_need_matching_weights(content, style):
         transfer(content, [style], TransferConfig(size=32, steps=2, style_blend=(2, 1)), device="cpu")
 
 
-def test_a_size_too_large_for_memory_is_refused_before_starting(content, style):
+def test_a_size_too_large_for_memory_untiled_is_refused_before_starting(content, style):
     cpu = torch.device("cpu")
     if estimate_peak_bytes(3072, 4096, "relu5_1", cpu) < 0.9 * available_bytes(cpu):
         pytest.skip("this machine has the memory for a 4096 px run")
     start = time.perf_counter()
-    with pytest.raises(InputError, match=r"needs about \d+\.\d GiB .* Choose a smaller size \(about \d+ px"):
-        transfer(content, [style], TransferConfig(size=4096, steps=1), device="cpu")
+    with pytest.raises(InputError, match=r"needs about \d+\.\d GiB .* Choose a smaller size \(about \d+ px.*by tiles"):
+        transfer(content, [style], TransferConfig(size=4096, steps=1, tile_size="0"), device="cpu")
     assert time.perf_counter() - start < 5  # refused from the estimate, not by running out of memory
 
 

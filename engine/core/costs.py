@@ -90,8 +90,13 @@ def style_layer_cost(a_generated: torch.Tensor, target_normalised_gram: torch.Te
     have the same size at layer l, and stays meaningful when the style image is scaled differently
     (each Gram is divided by its own n_H·n_W).
     """
-    n_c = a_generated.shape[1]
-    diff = target_normalised_gram - normalised_gram(a_generated)
+    return style_cost_of_grams(normalised_gram(a_generated), target_normalised_gram)
+
+
+def style_cost_of_grams(generated_normalised_gram: torch.Tensor, target_normalised_gram: torch.Tensor) -> torch.Tensor:
+    """J_style[l] = ‖Ĝ[l](S) − Ĝ[l](G)‖²_F / (2·n_C)², with Ĝ = G/(n_H·n_W) (see `style_layer_cost`)."""
+    n_c = generated_normalised_gram.shape[-1]
+    diff = target_normalised_gram - generated_normalised_gram
     return diff.pow(2).flatten(1).sum(1) / (2.0 * n_c) ** 2
 
 
@@ -130,6 +135,8 @@ class Objective(nn.Module):
     Several style images blend by a weighted mean of their normalised Grams (weights sum to 1).
     Each weight (α, β, tv_weight, every λ[l]) is one number, or one per image of the batch: a batched
     λ sweep optimises B images against the same targets, each with its own weights.
+    `style_grams` gives each style image's normalised Grams Ĝ[l] directly (taken tile by tile for a
+    large image) in place of its activations in `style_features`.
     """
 
     def __init__(
@@ -144,6 +151,7 @@ class Objective(nn.Module):
         tv_weight: Weight = 0.0,
         style_blend: list[float] | None = None,
         reported: Mapping[str, Sequence[bool]] | None = None,
+        style_grams: list[Mapping[str, torch.Tensor]] | None = None,
     ):
         super().__init__()
         self.content_layer = content_layer
@@ -153,7 +161,9 @@ class Objective(nn.Module):
         self.register_buffer("alpha", weight(alpha))
         self.register_buffer("beta", weight(beta))
         self.register_buffer("tv_weight", weight(tv_weight))
-        blend = style_blend or [1.0] * len(style_features)
+        if style_grams is None:
+            style_grams = [{layer: normalised_gram(f[layer].detach()) for layer in lambdas} for f in style_features]
+        blend = style_blend or [1.0] * len(style_grams)
         blend = [w / sum(blend) for w in blend]
         self.register_buffer("content_target", content_features[content_layer].detach().float())
         # On the host too: which images weigh (or report) a layer decides what a pass computes, and
@@ -164,7 +174,7 @@ class Objective(nn.Module):
         self._reported = {layer: tuple(flags) for layer, flags in (reported or {}).items()}
         for layer, value in lambdas.items():
             self.register_buffer(f"lambda_{layer}", weight(value))
-            target = sum(w * normalised_gram(f[layer].detach()) for w, f in zip(blend, style_features, strict=True))
+            target = sum(w * grams[layer] for w, grams in zip(blend, style_grams, strict=True))
             self.register_buffer(f"gram_{layer}", target)
 
     def _images_reading(self, layer: str, count: int, images: slice) -> tuple[list[bool], list[bool]]:
@@ -183,6 +193,16 @@ class Objective(nn.Module):
             for i in range(count)
         ]
 
+    def rows_reading(self, layer: str, count: int, images: slice = slice(None)) -> tuple[int, int, bool]:
+        """(first, end, weighed): the run of the pass's `count` images, from the first to the last that
+        reads `layer` (end = first when none does), and whether any of them weighs it."""
+        weighs, reads = self._images_reading(layer, count, images)
+        rows = [i for i, r in enumerate(reads) if r]
+        if not rows:
+            return 0, 0, False
+        first, end = rows[0], rows[-1] + 1
+        return first, end, any(weighs[first:end])
+
     def forward(self, features: Mapping[str, torch.Tensor], image: torch.Tensor, images: slice = slice(None)) -> Costs:
         """The costs of `image`, which holds the batch's images `images` (all by default).
 
@@ -190,32 +210,39 @@ class Objective(nn.Module):
         `VGGFeatures.forward`'s `reach`): its Grams are computed for the run of images that read the
         layer, and the others' costs there are 0, which their λ = 0 makes them count as anyway.
         """
-        count = image.shape[0]
+        grams = {}
+        for layer in self.style_layers:
+            first, end, weighed = self.rows_reading(layer, len(image), images)
+            if end == first:
+                continue
+            activation = features[layer]
+            if (first, end) != (0, len(activation)):  # a slice costs a zero-filled copy in the backward
+                activation = activation[first:end]
+            grams[layer] = normalised_gram(activation if weighed else activation.detach())
+        content = content_cost(features[self.content_layer], self.content_target)
+        return self.costs_from_statistics(grams, content, tv_cost(image), images)
+
+    def costs_from_statistics(
+        self, grams: Mapping[str, torch.Tensor], content: torch.Tensor, tv: torch.Tensor, images: slice = slice(None)
+    ) -> Costs:
+        """J(G) from G's statistics: Ĝ[l] of the images reading each style layer (see `rows_reading`; a
+        layer no image reads is absent), J_content and TV, each (B,) for the batch's images `images`."""
+        count = len(content)
 
         def weight(name: str) -> torch.Tensor:
             value = getattr(self, name)
             return value[images] if value.dim() else value
 
-        content = content_cost(features[self.content_layer], self.content_target)
-        per_layer = {layer: self._style_cost(layer, features, count, images) for layer in self.style_layers}
+        per_layer = {}
+        for layer in self.style_layers:
+            first, end, _ = self.rows_reading(layer, count, images)
+            if layer not in grams:
+                per_layer[layer] = content.new_zeros(count, dtype=torch.float32)
+                continue
+            cost = style_cost_of_grams(grams[layer], getattr(self, f"gram_{layer}"))
+            per_layer[layer] = cost if (first, end) == (0, count) else F.pad(cost, (first, count - end))
         style = sum(weight(f"lambda_{layer}") * cost for layer, cost in per_layer.items())
         if not per_layer:
             style = torch.zeros_like(content)
-        tv = tv_cost(image)
         total = weight("alpha") * content + weight("beta") * style + weight("tv_weight") * tv
         return Costs(total=total, content=content, style=style, style_layers=per_layer, tv=tv)
-
-    def _style_cost(self, layer: str, features: Mapping[str, torch.Tensor], count: int, images: slice) -> torch.Tensor:
-        """J_style[layer] of the pass's `count` images, computed for the first to the last that read it."""
-        weighs, reads = self._images_reading(layer, count, images)
-        rows = [i for i, r in enumerate(reads) if r]
-        if not rows:
-            return features[self.content_layer].new_zeros(count, dtype=torch.float32)
-        first, end = rows[0], rows[-1] + 1
-        activation = features[layer]
-        if (first, end) != (0, len(activation)):  # a slice costs a zero-filled copy in the backward
-            activation = activation[first:end]
-        if not any(weighs[first:end]):  # reported only: no gradient to compute
-            activation = activation.detach()
-        cost = style_layer_cost(activation, getattr(self, f"gram_{layer}"))
-        return cost if (first, end) == (0, count) else F.pad(cost, (first, count - end))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -12,7 +13,7 @@ from engine.core.errors import InputError
 
 if TYPE_CHECKING:
     from engine.core.config import TransferConfig
-from engine.core.vgg import LAYER_INDEX, LAYER_NAMES, layer_channels, layer_stride
+from engine.core.vgg import LAYER_INDEX, LAYER_NAMES, exact_halo, layer_channels, layer_stride
 
 # Peak memory ≈ FIXED + BYTES_PER_ACTIVATION · Σ activation elements (see `activation_elements`) + the
 # optimizer's state (`optimizer_bytes`), each a straight-line fit of measured peaks (benchmarks/fast.py,
@@ -119,8 +120,100 @@ def estimate_run_bytes(
     )  # fmt: skip
 
 
+AUTO_TILE_SIZES = (1024, 768, 512, 384, 256)  # auto takes the largest that fits: the halo costs less on big tiles
+MIN_HISTORY = 3  # the shortest L-BFGS history a tiled run shortens to before giving up on fitting
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    """How one scale of a run goes: untiled (tile_size 0) or by tiles, with which L-BFGS history, and the
+    estimated peak bytes."""
+
+    height: int
+    width: int
+    tile_size: int
+    halo: int
+    history: int
+    bytes: int
+
+    def describe(self, config: TransferConfig) -> str:
+        """One line for the estimate and the run's `memory_plan` tag."""
+        if not self.tile_size:
+            return f"{self.width}×{self.height} untiled"
+        text = f"{self.width}×{self.height} in tiles of {self.tile_size} px with a {self.halo}-px halo"
+        if config.optimizer == "lbfgs" and self.history < config.history:
+            text += f", L-BFGS history shortened from {config.history} to {self.history} to fit"
+        return text
+
+
+def tile_halo(config: TransferConfig) -> int:
+    """The halo `config` asks for: its own, or the exact one for the deepest layer it reads."""
+    if config.tile_halo != "auto":
+        return int(config.tile_halo)
+    return exact_halo(max(config.layers, key=LAYER_INDEX.__getitem__))
+
+
+def estimate_tiled_bytes(
+    config: TransferConfig, height: int, width: int, tile_size: int, history: int, device: torch.device,
+    batch: int = 1, images_per_pass: int | None = None,
+) -> int:  # fmt: skip
+    """Peak memory of one scale by tiles: the network's activations for one tile with its halo (the same
+    fit as `estimate_peak_bytes`), the optimizer state, and the whole-image buffers that tiling keeps (G's
+    gradient, TV's, and C's activation at the content layer, the content target)."""
+    halo = tile_halo(config)
+    side = lambda length: min(length, tile_size + 2 * halo)  # noqa: E731
+    one_tile = estimate_peak_bytes(
+        side(height), side(width), max(config.layers, key=LAYER_INDEX.__getitem__), device, batch,
+        history=0, precision=config.precision, images_per_pass=images_per_pass,
+    )  # fmt: skip
+    stride = layer_stride(config.content_layer)
+    content_target = layer_channels(config.content_layer) * (height // stride) * (width // stride) * 4
+    gradients = 2 * batch * 3 * height * width * 4
+    return one_tile + batch * optimizer_bytes(height, width, history) + content_target + gradients
+
+
+def plan_scale(
+    config: TransferConfig, height: int, width: int, device: torch.device, batch: int = 1,
+    images_per_pass: int | None = None, budget: float | None = None,
+) -> ScalePlan:  # fmt: skip
+    """Untiled when `config.tile_size` is 0, or auto and the untiled run fits `budget` (default: the share
+    `MEMORY_SHARE` of the device's free memory). Else by tiles: `config.tile_size`, or on auto the largest
+    of `AUTO_TILE_SIZES` that fits; and when even that does not fit, a shorter L-BFGS history (down to
+    `MIN_HISTORY`). Raises InputError when nothing fits."""
+    budget = MEMORY_SHARE * available_bytes(device) if budget is None else budget
+    history = config.history if config.optimizer == "lbfgs" else 0
+    untiled = estimate_run_bytes(config, height, width, device, batch, images_per_pass)
+    explicit = int(config.tile_size) if config.tile_size != "auto" else None
+    if explicit == 0 or (explicit is None and untiled <= budget) or (explicit and explicit >= max(height, width)):
+        return ScalePlan(height, width, 0, 0, history, untiled)
+    candidates = [explicit] if explicit else [t for t in AUTO_TILE_SIZES if t < max(height, width)] or [256]
+    shorter = range(history, min(MIN_HISTORY, history) - 1, -1) if history else [0]
+    plans = [
+        ScalePlan(height, width, tile, tile_halo(config), h,
+                  estimate_tiled_bytes(config, height, width, tile, h, device, batch, images_per_pass))
+        for h in shorter for tile in candidates
+    ]  # fmt: skip
+    fitting = next((plan for plan in plans if plan.bytes <= budget), None)
+    if fitting is None:
+        least = min(plans, key=lambda plan: plan.bytes)
+        raise InputError(
+            f"A {width}×{height} run needs about {least.bytes / 2**30:.1f} GiB even in tiles of {least.tile_size} px "
+            f"with an L-BFGS history of {least.history}, but {device_name(device)} has "
+            f"{budget / MEMORY_SHARE / 2**30:.1f} GiB free. Choose a smaller size, or the Adam optimizer "
+            "(it keeps two image-sized buffers where L-BFGS keeps two per history step)."
+        )
+    return fitting
+
+
 def available_bytes(device: torch.device) -> int:
-    """Memory this run may use: free GPU memory, or the system's available memory for the CPU."""
+    """Memory this run may use: free GPU memory, or the system's available memory for the CPU; at most
+    `STYLELAB_MEMORY_LIMIT_GIB` when set (a share of a larger machine, or a smaller card's budget)."""
+    limit = os.environ.get("STYLELAB_MEMORY_LIMIT_GIB")
+    cap = int(float(limit) * 2**30) if limit else None
+    return min(_free_bytes(device), cap) if cap else _free_bytes(device)
+
+
+def _free_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free + torch.cuda.memory_reserved(device))  # our own cache is reusable
@@ -132,9 +225,9 @@ def available_bytes(device: torch.device) -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def check_fits(need: int, height: int, width: int, device: torch.device) -> int:
+def check_fits(need: int, height: int, width: int, device: torch.device, hint: str = "") -> int:
     """Raise InputError, before any compute, when a run needing `need` bytes (see `estimate_run_bytes`)
-    at height × width would not fit the device's memory."""
+    at height × width would not fit the device's memory; `hint` ends the message."""
     have = available_bytes(device)
     if need > MEMORY_SHARE * have:
         fixed = FIXED_BYTES["cuda" if device.type == "cuda" else "cpu"]
@@ -142,6 +235,6 @@ def check_fits(need: int, height: int, width: int, device: torch.device) -> int:
         fits = int(max(height, width) * scale) // 16 * 16
         raise InputError(
             f"A {width}×{height} run needs about {need / 2**30:.1f} GiB but {device_name(device)} has "
-            f"{have / 2**30:.1f} GiB free. Choose a smaller size (about {fits} px or less)."
+            f"{have / 2**30:.1f} GiB free. Choose a smaller size (about {fits} px or less){hint}."
         )
     return need

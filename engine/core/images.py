@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import io
 import os
+import struct
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -214,6 +215,35 @@ def tensor_to_image(t: torch.Tensor) -> Image.Image:
     t = torch.nan_to_num(t.to(device="cpu", dtype=torch.float32), nan=0.0)
     arr = t.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
     return Image.fromarray(arr)
+
+
+def write_tiff16(t: torch.Tensor, path: str | os.PathLike[str]) -> None:
+    """Write a (1, 3, H, W) or (3, H, W) tensor in [0, 1] as an uncompressed 16-bit RGB TIFF (baseline
+    TIFF 6.0, little-endian, one strip): print workflows keep the optimiser's fp32 values to 1/65535,
+    where an 8-bit PNG rounds them to 1/255. Pillow writes 16 bits for one channel only, hence our own."""
+    t = t.detach()
+    t = t[0] if t.dim() == 4 else t
+    height, width = t.shape[-2:]
+    pixels = t.float().cpu().nan_to_num(0.0).clamp(0, 1).mul(65535).round().to(torch.int32).permute(1, 2, 0)
+    data = pixels.numpy().astype("<u2").tobytes()
+    short, long = 3, 4  # TIFF field types
+    entries = [  # (tag, type, count, value), in ascending tag order as TIFF asks
+        (256, long, 1, width), (257, long, 1, height), (258, short, 3, None), (259, short, 1, 1),
+        (262, short, 1, 2), (273, long, 1, None), (277, short, 1, 3), (278, long, 1, height),
+        (279, long, 1, len(data)), (284, short, 1, 1),
+    ]  # fmt: skip
+    ifd_offset = 8
+    bits_offset = ifd_offset + 2 + 12 * len(entries) + 4
+    data_offset = bits_offset + 6
+    out = bytearray(b"II*\x00" + struct.pack("<I", ifd_offset) + struct.pack("<H", len(entries)))
+    for tag, kind, count, value in entries:
+        value = {258: bits_offset, 273: data_offset}.get(tag, value)
+        packed = struct.pack("<H", value) + b"\x00\x00" if kind == short and tag != 258 else struct.pack("<I", value)
+        out += struct.pack("<HHI", tag, kind, count) + packed
+    out += struct.pack("<I", 0) + struct.pack("<3H", 16, 16, 16)
+    with open(path, "wb") as f:
+        f.write(bytes(out))
+        f.write(data)
 
 
 def image_to_png_bytes(img: Image.Image) -> bytes:

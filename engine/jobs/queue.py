@@ -527,7 +527,7 @@ class JobQueue:
                 known.append(job)
             if not known:
                 return
-            work = gflop_per_step([job.config for job in known], known[0].aspect)
+            work = gflop_per_step([job.config for job in known], known[0].aspect, message.device)
             now = time.monotonic()
             with self._lock:
                 for job in known:

@@ -140,7 +140,7 @@ def run_batch(
             recorder.on_step(report)
             show = report.step % preview_every == 0 or report.step in (1, report.total_steps)
             publish(Stepped(run_id, report.step, report.total_steps, report.size, dict(report.costs),
-                            report.elapsed_s, report.image() if show else None))  # fmt: skip
+                            report.elapsed_s, report.preview() if show else None))  # fmt: skip
         if between_steps is not None and not stopping:
             between_steps(reports[0].elapsed_s)
 

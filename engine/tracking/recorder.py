@@ -359,6 +359,8 @@ class RunRecorder:
         self._queue.put(_Task("image", ("thumbnail.png", _thumbnail(result.image))))
         status, reason = end_status(result)
         tags = dict(extra_tags or {}) | ({"stopped": result.stopped} if result.stopped else {})
+        if result.memory_plan:
+            tags["memory_plan"] = result.memory_plan
         if reason:
             tags["failure_reason"] = reason
         self._close(status, tags, result=result, final=final)
@@ -422,7 +424,7 @@ class RunRecorder:
 
     def _snapshot(self, report: StepReport) -> None:
         self._last_snapshot_step = report.step
-        self._queue.put(_Task("snapshot", (report.step, report.image())))
+        self._queue.put(_Task("snapshot", (report.step, report.preview())))  # a large G is shrunk; result.png is not
 
     def _close(
         self,
