@@ -376,7 +376,7 @@ def test_a_run_started_in_the_studio_belongs_to_who_is_signed_in(store, content_
     at.run()
     next(n for n in at.number_input if n.label.startswith("Size")).set_value(32)
     next(n for n in at.number_input if n.label == "Steps").set_value(2)
-    next(s for s in at.slider if s.label == "Coarse-to-fine levels").set_value(0)
+    next(s for s in at.selectbox if s.label == "Coarse-to-fine levels").set_value(0)
     next(b for b in at.button if b.label == "Run").click().run()
     assert not at.exception
     run_id = at.query_params["run"]

@@ -38,6 +38,9 @@ def test_upload_run_watch_progress_and_reopen_the_permalink(server, browser):
     uploads.nth(1).set_input_files(str(sample_path("starry_night.jpg")))
     page.get_by_text("content, 512×384").wait_for()  # thumbnails, captioned with the decoded size
     page.get_by_text("Estimate on").wait_for()
+    set_number(page, "Size (long side, px)", 6000)  # print size: the estimate shows the tiled plan
+    page.get_by_text(re.compile(r"6000×4500 in tiles of \d+ px")).wait_for()
+    shot(page, "1-studio-print-size")
     set_number(page, "Size (long side, px)", 128)
     set_number(page, "Steps", 60)
     shot(page, "1-studio")

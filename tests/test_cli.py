@@ -45,7 +45,7 @@ def test_cli_writes_a_16_bit_tiff_of_a_tiled_run(tmp_path):
     assert proc.returncode == 0, proc.stderr
     tiff = Image.open(out)
     assert tiff.size == (160, 120) and tiff.tile[0][3][0] == "RGB;16L"  # 16 bits per channel, as Pillow reads it
-    assert "in tiles of 64 px with a 4-px halo" in json.loads(report.read_text())["memory_plan"]
+    assert "in tiles of 64 px with a halo of 4 px" in json.loads(report.read_text())["memory_plan"]
 
 
 @pytest.mark.parametrize(

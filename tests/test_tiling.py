@@ -178,3 +178,26 @@ def test_cancel_within_a_tiled_iteration_returns_the_best_image_so_far():
     result = transfer(content, [style], config, should_stop=should_stop, device="cpu")
     assert result.stopped == "cancelled" and result.steps_done == 1 and len(asked) == 2
     assert result.image.size == (128, 96) and "in tiles of 64 px" in result.memory_plan
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("images_per_pass", [1, 2])  # the CPU's image-at-a-time path and the GPU's one pass
+def test_tiles_compose_with_batches_colour_preservation_blends_and_coarse_to_fine(monkeypatch, images_per_pass):
+    from engine.core import transfer as transfer_module
+
+    monkeypatch.setattr(transfer_module, "CPU_IMAGES_PER_PASS", images_per_pass)
+    content = images.load_image(sample_path("tubingen.jpg"))
+    styles = [images.load_image(sample_path(n)) for n in ("starry_night.jpg", "the_scream.jpg")]
+    base = TransferConfig(size=192, steps=4, coarse_levels=1, coarse_steps=3, init="content", preserve_colors=True,
+                          style_blend=(2.0, 1.0), content_layer="relu2_1", style_scale=0.75)  # fmt: skip
+    configs = [base.replace(style_layers={"relu1_1": 1.0, "relu2_1": 0.5}),
+               base.replace(style_layers={"relu1_1": 0.2, "relu3_1": 1.0}, seed=1)]  # fmt: skip
+    untiled, tiled = (
+        transfer_module.transfer_batch(content, styles, [c.replace(tile_size=t) for c in configs], device="cpu")
+        for t in ("0", "64")
+    )
+    for plain, by_tiles in zip(untiled, tiled, strict=True):
+        assert "in tiles of 64 px" in by_tiles.memory_plan and "untiled" in plain.memory_plan
+        assert by_tiles.costs["total"] == pytest.approx(plain.costs["total"], rel=1e-3)
+        difference = np.abs(np.asarray(plain.image, dtype=int) - np.asarray(by_tiles.image, dtype=int))
+        assert difference.mean() < 0.5 and difference.max() <= 3

@@ -232,7 +232,9 @@ def test_one_pass_over_a_batch_narrows_per_image_and_matches_image_by_image(cont
     for a, b in zip(by_image, one_pass, strict=True):
         assert set(a.costs) == set(b.costs)
         for key, value in a.costs.items():
-            assert b.costs[key] == pytest.approx(value, rel=1e-3, abs=1e-6), key
+            # float order differs between the paths and five L-BFGS steps from noise amplify it: 1.1e-3
+            # was seen on "style" (on the code before tiling too, 2026-12-02)
+            assert b.costs[key] == pytest.approx(value, rel=3e-3, abs=1e-6), key
     assert one_pass[3].costs["style/relu2_1"] > 0  # reported at λ = 0: its real cost, not 0
 
 

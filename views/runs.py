@@ -60,7 +60,8 @@ def run_page(run_id: str) -> None:
     st.caption(
         f"{STATUS_ICON.get(run.status, '')} Run `{run_id}` · {status}{owner}source {run.tags.get('source', '?')} · "
         f"device {run.tags.get('device_name', run.tags.get('device', '?'))} · "
-        f"[open in the MLflow UI]({links.runs[run_id]})"
+        + (f"{plan} · " if "tiles" in (plan := run.tags.get("memory_plan", "")) else "")
+        + f"[open in the MLflow UI]({links.runs[run_id]})"
     )
     auth.delete_control(run, job_queue().delete)
     if run.status in ACTIVE:

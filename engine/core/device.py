@@ -140,7 +140,7 @@ class ScalePlan:
         """One line for the estimate and the run's `memory_plan` tag."""
         if not self.tile_size:
             return f"{self.width}×{self.height} untiled"
-        text = f"{self.width}×{self.height} in tiles of {self.tile_size} px with a {self.halo}-px halo"
+        text = f"{self.width}×{self.height} in tiles of {self.tile_size} px with a halo of {self.halo} px"
         if config.optimizer == "lbfgs" and self.history < config.history:
             text += f", L-BFGS history shortened from {config.history} to {self.history} to fit"
         return text

@@ -15,7 +15,8 @@ Naming (see DESIGN.md, "MLflow naming contract"):
 - tags: `owner` and `mlflow.user` (the signed-in user; without sign-in `mlflow.user` is the OS user),
   `source`, `sha256.content`, `sha256.style.<i>`, `device`, `device_name`, `gpu` (CUDA only),
   `torch_version`, `stylelab_version`, `worker` ("<host>:<pid>") and `worker_start`, `failure_reason`
-  and `stopped` when they apply, `mlflow.parentRunId` for children of a group (see `groups`).
+  and `stopped` when they apply, `memory_plan` (untiled, or by tiles: `device.ScalePlan.describe`),
+  `mlflow.parentRunId` for children of a group (see `groups`).
 
 Threads: every call names its tracking URI and run id (`MlflowClient(uri)`); nothing uses MLflow's
 process-global fluent API. A slow or dead store never stalls the optimisation (see `RunRecorder`).
