@@ -39,7 +39,9 @@ def test_upload_run_watch_progress_and_reopen_the_permalink(server, browser):
     page.get_by_text("content, 512×384").wait_for()  # thumbnails, captioned with the decoded size
     page.get_by_text("Estimate on").wait_for()
     set_number(page, "Size (long side, px)", 6000)  # print size: the estimate shows the tiled plan
-    page.get_by_text(re.compile(r"6000×4500 in tiles of \d+ px")).wait_for()
+    plan = page.get_by_text(re.compile(r"6000×4500 in tiles of \d+ px"))
+    plan.wait_for()
+    plan.scroll_into_view_if_needed()  # the page scrolls inside Streamlit's container: bring the estimate in
     shot(page, "1-studio-print-size")
     set_number(page, "Size (long side, px)", 128)
     set_number(page, "Steps", 60)
