@@ -139,11 +139,10 @@ def tiled_costs_and_gradient(
             raise Interrupted
 
     count, (h, w) = len(x), x.shape[-2:]
-    reading = objective.layers_read(count, images)
-    reach = [deepest_layer(layers) for layers in reading]
-    rows = {layer: objective.rows_reading(layer, count, images) for layer in objective.style_layers}
-    rows = {layer: (first, end) for layer, (first, end, _) in rows.items() if end > first}
-    weighed = {layer for layer in rows if objective.rows_reading(layer, count, images)[2]}
+    reach = [deepest_layer(layers) for layers in objective.layers_read(count, images)]
+    reading = {layer: objective.rows_reading(layer, count, images) for layer in objective.style_layers}
+    rows = {layer: (first, end) for layer, (first, end, _) in reading.items() if end > first}
+    weighed = {layer for layer, (_, _, weighs) in reading.items() if weighs}
     content_layer = objective.content_layer
 
     def tile_statistics(tile: Tile, pixels: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
