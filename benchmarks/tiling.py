@@ -33,7 +33,7 @@ from engine.core import images  # noqa: E402
 from engine.core.config import GATYS_STYLE_LAYERS, TransferConfig  # noqa: E402
 from engine.core.costs import Objective  # noqa: E402
 from engine.core.samples import sample_path  # noqa: E402
-from engine.core.tiling import tile_grid, tiled_costs_and_gradient  # noqa: E402
+from engine.core.tiling import seam_ratio, tile_grid, tiled_costs_and_gradient  # noqa: E402
 from engine.core.vgg import VGGFeatures, deepest_layer, layer_stride  # noqa: E402
 
 RESULTS = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "results")  # gpu_check.sh sets OUT
@@ -192,16 +192,6 @@ def run(args) -> None:
             "seconds": round(result.elapsed_s, 1), "peak": peak_resident_bytes(),
             "scale_end_seconds": {k: round(v[-1], 1) for k, v in per_scale.items()},
             "costs": result.costs, "output": str(args.output), "tile_size": config.tile_size})  # fmt: skip
-
-
-def seam_ratio(image: np.ndarray, cuts_y: list[int], cuts_x: list[int]) -> float:
-    """Gradient energy across tile borders over elsewhere (tests/test_tiling.py has the same statistic)."""
-    img = image.astype(np.float64)
-    dy = ((img[1:] - img[:-1]) ** 2).mean(axis=(1, 2))
-    dx = ((img[:, 1:] - img[:, :-1]) ** 2).mean(axis=(0, 2))
-    by, bx = [c - 1 for c in cuts_y], [c - 1 for c in cuts_x]
-    on, off = np.concatenate([dy[by], dx[bx]]), np.concatenate([np.delete(dy, by), np.delete(dx, bx)])
-    return float(on.mean() / off.mean())
 
 
 def seams(args) -> None:

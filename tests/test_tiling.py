@@ -13,7 +13,7 @@ from engine.core.costs import Objective, normalised_gram
 from engine.core.device import MIN_HISTORY, estimate_run_bytes, plan_scale
 from engine.core.errors import InputError
 from engine.core.samples import sample_path
-from engine.core.tiling import tile_grid, tiled_activation, tiled_costs_and_gradient, tiled_grams
+from engine.core.tiling import seam_ratio, tile_grid, tiled_activation, tiled_costs_and_gradient, tiled_grams
 from engine.core.transfer import transfer
 from engine.core.vgg import VGGFeatures, exact_halo, receptive_margin
 
@@ -132,18 +132,6 @@ def test_tile_knobs_are_checked_and_large_sizes_start_coarse():
     assert [auto_coarse_levels(s) for s in (256, 1024, 2048, 4096, 8192)] == [0, 0, 2, 3, 4]
     assert TransferConfig(size=4096).schedule[0] == (512, 150)
     assert TransferConfig.from_params({"size": "2048", "coarse_levels": "0"}).coarse_levels == 0  # old runs
-
-
-def seam_ratio(image: np.ndarray, cuts_y: list[int], cuts_x: list[int]) -> float:
-    """Gradient energy across tile borders against elsewhere: the mean squared difference between
-    neighbouring pixels across the border rows and columns, over the mean across all other ones."""
-    img = image.astype(np.float64)
-    dy = ((img[1:] - img[:-1]) ** 2).mean(axis=(1, 2))  # dy[i]: between rows i and i+1
-    dx = ((img[:, 1:] - img[:, :-1]) ** 2).mean(axis=(0, 2))
-    border_y, border_x = [c - 1 for c in cuts_y], [c - 1 for c in cuts_x]
-    on = np.concatenate([dy[border_y], dx[border_x]]).mean()
-    off = np.concatenate([np.delete(dy, border_y), np.delete(dx, border_x)]).mean()
-    return float(on / off)
 
 
 @pytest.mark.slow

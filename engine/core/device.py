@@ -13,7 +13,7 @@ from engine.core.errors import InputError
 
 if TYPE_CHECKING:
     from engine.core.config import TransferConfig
-from engine.core.vgg import LAYER_INDEX, LAYER_NAMES, exact_halo, layer_channels, layer_stride
+from engine.core.vgg import LAYER_INDEX, LAYER_NAMES, deepest_layer, exact_halo, layer_channels, layer_stride
 
 # Peak memory ≈ FIXED + BYTES_PER_ACTIVATION · Σ activation elements (see `activation_elements`) + the
 # optimizer's state (`optimizer_bytes`), each a straight-line fit of measured peaks (benchmarks/fast.py,
@@ -112,7 +112,7 @@ def estimate_run_bytes(
     images_per_pass: int | None = None,
 ) -> int:  # fmt: skip
     """`estimate_peak_bytes` for a run of `config` with a final G of height × width."""
-    deepest = max(config.layers, key=LAYER_INDEX.__getitem__)
+    deepest = deepest_layer(config.layers)
     history = config.history if config.optimizer == "lbfgs" else 0
     return estimate_peak_bytes(
         height, width, deepest, device, batch, history=history, precision=config.precision,
@@ -150,7 +150,7 @@ def tile_halo(config: TransferConfig) -> int:
     """The halo `config` asks for: its own, or the exact one for the deepest layer it reads."""
     if config.tile_halo != "auto":
         return int(config.tile_halo)
-    return exact_halo(max(config.layers, key=LAYER_INDEX.__getitem__))
+    return exact_halo(deepest_layer(config.layers))
 
 
 def estimate_tiled_bytes(
@@ -163,7 +163,7 @@ def estimate_tiled_bytes(
     halo = tile_halo(config)
     side = lambda length: min(length, tile_size + 2 * halo)  # noqa: E731
     one_tile = estimate_peak_bytes(
-        side(height), side(width), max(config.layers, key=LAYER_INDEX.__getitem__), device, batch,
+        side(height), side(width), deepest_layer(config.layers), device, batch,
         history=0, precision=config.precision, images_per_pass=images_per_pass,
     )  # fmt: skip
     stride = layer_stride(config.content_layer)

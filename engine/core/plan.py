@@ -15,7 +15,7 @@ import torch
 from engine.core.config import TransferConfig
 from engine.core.device import flops_per_iteration, plan_scale
 from engine.core.tiling import TILED_PASSES, tile_grid
-from engine.core.vgg import LAYER_INDEX, layer_stride
+from engine.core.vgg import LAYER_INDEX, deepest_layer, layer_stride
 
 __all__ = ["default_seconds_per_gflop", "estimate_seconds", "gflop_per_step", "scale_gflop", "scale_shapes"]
 
@@ -44,7 +44,7 @@ def scale_shapes(config: TransferConfig, aspect: float) -> list[tuple[int, int, 
 
 
 def _deepest(config: TransferConfig) -> str:
-    return max(config.layers, key=LAYER_INDEX.__getitem__)
+    return deepest_layer(config.layers)
 
 
 def scale_gflop(

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from engine.core.costs import Costs, Objective, content_cost, gram_matrix, tv_cost
@@ -114,6 +115,19 @@ def tiled_activation(net: VGGFeatures, image: torch.Tensor, layer: str, tiles: S
     return out
 
 
+def seam_ratio(image: np.ndarray, cuts_y: Sequence[int], cuts_x: Sequence[int]) -> float:
+    """How visible tile borders are in an (H, W, C) image: the mean squared difference between neighbouring
+    pixels across the rows `cuts_y` and columns `cuts_x` where tiles meet, over the same across every other
+    row and column. 1 means the borders look like anywhere else."""
+    img = image.astype(np.float64)
+    dy = ((img[1:] - img[:-1]) ** 2).mean(axis=(1, 2))  # dy[i]: between rows i and i+1
+    dx = ((img[:, 1:] - img[:, :-1]) ** 2).mean(axis=(0, 2))
+    border_y, border_x = [c - 1 for c in cuts_y], [c - 1 for c in cuts_x]
+    on = np.concatenate([dy[border_y], dx[border_x]])
+    off = np.concatenate([np.delete(dy, border_y), np.delete(dx, border_x)])
+    return float(on.mean() / off.mean())
+
+
 class Interrupted(Exception):
     """`should_stop` said yes between two tiles: the iteration was left unfinished."""
 
@@ -145,13 +159,16 @@ def tiled_costs_and_gradient(
     weighed = {layer for layer, (_, _, weighs) in reading.items() if weighs}
     content_layer = objective.content_layer
 
-    def tile_statistics(tile: Tile, pixels: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """This tile's unnormalised Grams F_tᵀF_t per style layer (the rows reading it) and content cost."""
+    def tile_statistics(
+        tile: Tile, pixels: torch.Tensor, layers: Collection[str]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """This tile's unnormalised Grams F_tᵀF_t for `layers` (the rows reading each) and its content cost."""
         with autocast():
             features = net(pixels.contiguous(memory_format=CHANNELS_LAST), reach)
         grams = {
             layer: gram_matrix(tile.owned(features[layer][first:end], layer).contiguous(memory_format=CHANNELS_LAST))
             for layer, (first, end) in rows.items()
+            if layer in layers
         }
         target = tile.owned_of_whole(objective.content_target, content_layer)
         return grams, content_cost(tile.owned(features[content_layer], content_layer), target)
@@ -162,7 +179,7 @@ def tiled_costs_and_gradient(
     with torch.no_grad():
         for tile in tiles:
             check()
-            grams, tile_content = tile_statistics(tile, tile.pixels(x))
+            grams, tile_content = tile_statistics(tile, tile.pixels(x), rows)
             for layer, gram in grams.items():
                 sums[layer] = gram if layer not in sums else sums[layer] + gram
             content += tile_content
@@ -180,11 +197,10 @@ def tiled_costs_and_gradient(
     for tile in tiles:
         check()
         pixels = tile.pixels(x).detach().requires_grad_(True)
-        tile_grams, tile_content = tile_statistics(tile, pixels)
+        tile_grams, tile_content = tile_statistics(tile, pixels, weighed)  # a layer only reported has M[l] = 0
         surrogate = (content_weight * tile_content).sum()
         for layer, gram in tile_grams.items():
-            if layer in weighed:  # a layer only reported has M[l] = 0
-                surrogate = surrogate + (weights[layer] * gram).sum() / positions(layer, h, w)
+            surrogate = surrogate + (weights[layer] * gram).sum() / positions(layer, h, w)
         (tile_grad,) = torch.autograd.grad(surrogate, pixels)
         tile.pixels(grad).add_(tile_grad)
     return _detached(costs), grad

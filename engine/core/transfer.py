@@ -261,8 +261,7 @@ def transfer_batch(
         _optimise(g, objective, net, config, steps, bf16, run, tiles, plan.history)
         if run.stopped:
             break
-    run.memory_plan = plans[-1].describe(config)
-    return run.results(device)
+    return run.results(device, plans[-1].describe(config))
 
 
 def run_plan(configs: Sequence[TransferConfig], content_size: tuple[int, int], device: torch.device) -> list[ScalePlan]:
@@ -334,7 +333,6 @@ class _BatchRun:
         self.best: list[tuple[torch.Tensor, dict[str, float]] | None] = [None] * self.batch
         self.non_finite = [0] * self.batch
         self.content_rgb: torch.Tensor | None = None
-        self.memory_plan = ""
 
     def new_scale(self, content_rgb: torch.Tensor) -> None:
         self.content_rgb = content_rgb
@@ -375,7 +373,7 @@ class _BatchRun:
         if not self.stopped and self.should_stop is not None and self.should_stop():
             self.stopped = "cancelled"
 
-    def results(self, device: torch.device) -> list[TransferResult]:
+    def results(self, device: torch.device, memory_plan: str = "") -> list[TransferResult]:
         if any(best is None or not math.isfinite(best[1]["total"]) for best in self.best):
             raise InputError("The optimisation diverged at once (non-finite cost). Lower lr or the weights.")
         elapsed = time.perf_counter() - self.start
@@ -391,7 +389,7 @@ class _BatchRun:
                     elapsed_s=elapsed,
                     device=str(device),
                     stopped=self.stopped,
-                    memory_plan=self.memory_plan,
+                    memory_plan=memory_plan,
                     pixels=pixels.float().cpu(),
                 )
             )
