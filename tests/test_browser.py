@@ -35,6 +35,7 @@ def test_upload_run_watch_progress_and_reopen_the_permalink(server, browser):
     page.get_by_text("Upload a content image").wait_for()
     uploads = page.locator("input[type=file]")
     uploads.nth(0).set_input_files(str(sample_path("tubingen.jpg")))
+    page.get_by_text("The server has your content image").wait_for()  # then the style, as the page asks
     uploads.nth(1).set_input_files(str(sample_path("starry_night.jpg")))
     page.get_by_text("content, 512×384").wait_for()  # thumbnails, captioned with the decoded size
     page.get_by_text("Estimate on").wait_for()
