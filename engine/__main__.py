@@ -1,7 +1,8 @@
 """Command line: `python -m engine CONTENT STYLE [STYLE …] -o OUT.png [--knob value …]`.
 
 One flag per `TransferConfig` field, built from the dataclass so nothing is listed twice; `--lambda
-relu3_1=0.5` (repeatable) sets the style layers. Each run is tracked in MLflow unless `--no-track`.
+relu3_1=0.5` (repeatable) sets the style layers; `--mask FILE` with `--region COLOUR=STYLE` (repeatable)
+gives regions their own styles. Each run is tracked in MLflow unless `--no-track`.
 Errors a user can cause print one line and exit with status 2, never a traceback.
 """
 
@@ -15,9 +16,12 @@ import sys
 import time
 from pathlib import Path
 
+from PIL import Image
+
 from engine.core import images
 from engine.core.config import PARAMS_VERSION, TransferConfig, knob_help
 from engine.core.errors import InputError
+from engine.core.regions import parse_region, regions_in_order
 from engine.core.transfer import StepReport, TransferResult, transfer
 
 
@@ -34,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     defaults = TransferConfig()
     for name, help_text in knob_help().items():
-        if name == "style_layers":
+        if name in ("style_layers", "regions"):
             continue
         flag = "--" + name.replace("_", "-")
         default = getattr(defaults, name)
@@ -46,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--lambda", dest="lambdas", action="append", default=[], metavar="LAYER=WEIGHT",
         help="style layer weight λ, repeatable; replaces the default layers (relu1_1 … relu5_1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mask", metavar="FILE",
+        help="a mask image over the content, one flat colour per region; without --region, its colours take "
+             "the style images in order, largest region first",
+    )  # fmt: skip
+    parser.add_argument(
+        "--region", dest="region_specs", action="append", default=[], metavar="COLOUR=STYLE",
+        help="a region of the mask, repeatable: COLOUR=STYLE[,name=N][,alpha=A][,beta=B], STYLE a style image's "
+             "number (1+2 blends two) or keep; e.g. red=1 blue=2,beta=3e6 '#00ff00=keep'",
     )  # fmt: skip
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--report", metavar="FILE.json", help="write the final costs per layer as JSON")
@@ -69,7 +83,22 @@ def config_from_args(args: argparse.Namespace) -> TransferConfig:
         if not sep:
             raise InputError(f"--lambda takes LAYER=WEIGHT, like relu3_1=0.5; got {item!r}.")
         params[f"lambda.{layer.strip()}"] = weight
-    return TransferConfig.from_params(params)
+    if args.region_specs and not args.mask:
+        raise InputError("--region needs --mask: the mask image whose colours the regions are.")
+    regions = tuple(parse_region(text, i + 1) for i, text in enumerate(args.region_specs))
+    return TransferConfig.from_params(params).replace(regions=regions)
+
+
+def with_mask_regions(config: TransferConfig, mask: Image.Image | None, styles: list[str]) -> TransferConfig:
+    """Without --region, the mask's colours take the style images in order, largest region first; the
+    order taken is printed, so the user sees which colour took which style."""
+    if mask is None or config.regions:
+        return config
+    config = config.replace(regions=regions_in_order(mask, len(styles)))
+    for region in config.regions:
+        print(f"region {region.name} ({region.hex}): style {region.styles[0]} ({styles[region.styles[0] - 1]})",
+              file=sys.stderr)
+    return config
 
 
 class ProgressBar:
@@ -101,7 +130,7 @@ class ProgressBar:
 def write_report(path: str, result: TransferResult, config: TransferConfig, run_id: str | None) -> None:
     report = {
         "costs": result.costs,
-        "style_layers": {layer: result.costs[f"style/{layer}"] for layer in config.lambdas},
+        "style_layers": {key: result.costs[f"style/{key}"] for key in config.style_cost_keys},
         "steps_done": result.steps_done,
         "total_steps": result.total_steps,
         "seconds": round(result.elapsed_s, 3),
@@ -118,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
-        inputs = images.Inputs.decode(args.content, args.styles)  # decoded once, here at the edge
+        inputs = images.Inputs.decode(args.content, args.styles, args.mask)  # decoded once, here at the edge
+        config = with_mask_regions(config, inputs.mask_image, args.styles)
         content, styles = inputs.content.image, inputs.style_images
         stop_requested = False
 
@@ -133,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         if args.no_track:
             result = transfer(content, styles, config, on_step=progress, should_stop=lambda: stop_requested,
-                              device=args.device)  # fmt: skip
+                              device=args.device, mask=inputs.mask_image)  # fmt: skip
         else:
             from engine.jobs import tracked_transfer  # MLflow only here
             from engine.tracking import check_reachable, mark_orphaned_runs
@@ -141,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             tracking_uri = check_reachable(args.tracking_uri)
             mark_orphaned_runs(tracking_uri, args.experiment)  # runs of CLI processes that were killed
             ended = tracked_transfer(
-                inputs.content, inputs.styles, config, tracking_uri=tracking_uri, experiment=args.experiment,
+                inputs.content, inputs.styles, config, mask=inputs.mask, tracking_uri=tracking_uri,
+                experiment=args.experiment,
                 source="cli", on_step=progress, should_stop=lambda: stop_requested, device=args.device,
                 snapshot_every=args.snapshot_every,
             )  # fmt: skip

@@ -18,6 +18,8 @@ from typing import Any
 
 from engine.core.costs import WEIGHT_REFERENCE_SIZE, size_aware_beta
 from engine.core.errors import InputError
+from engine.core.regions import Region, check_regions, regions_from_params, regions_to_params
+from engine.core.style_costs import STYLE_COSTS
 from engine.core.vgg import LAYER_INDEX, WEIGHT_SOURCES, check_layer
 
 GATYS_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -90,6 +92,16 @@ class TransferConfig:
     tile_halo: str = _knob(
         "auto", "pixels around each tile; auto: the deepest layer's receptive field (exact); smaller is faster, inexact"
     )
+    style_cost: str = _knob(
+        "gram",
+        "per-layer style cost: gram (the seed's Gram matrices), w2 (Wasserstein-2 between Gaussian fits of the "
+        "features) or sliced (sliced Wasserstein); see engine.core.style_costs",
+    )
+    regions: tuple[Region, ...] = _knob(
+        (),
+        "regions of a mask image, each with its own style images and weights (engine.core.regions); none: the "
+        "whole image takes one style",
+    )
     params_version: int = _knob(
         PARAMS_VERSION,
         f"2: β is given for a {WEIGHT_REFERENCE_SIZE}-px output and scaled with the content layer's activation "
@@ -145,16 +157,50 @@ class TransferConfig:
         set_("tile_size", _auto_or_integer("tile_size", self.tile_size, MIN_TILE_SIZE, MAX_SIZE, also=0))
         set_("tile_halo", _auto_or_integer("tile_halo", self.tile_halo, 0, MAX_HALO))
         set_("params_version", _integer("params_version", self.params_version, 1, PARAMS_VERSIONS[-1]))
+        set_("style_cost", _choice("style_cost", self.style_cost, STYLE_COSTS))
+        set_("regions", check_regions(self.regions))
+        if self.regions and self.tile_size not in ("auto", "0"):
+            raise InputError("A run with regions goes untiled: set tile_size to auto or 0, or remove the mask.")
+        if self.style_cost != "gram" and self.tile_size not in ("auto", "0"):
+            raise InputError(f"The {self.style_cost} style cost goes untiled: set tile_size to auto or 0, or use gram.")
 
     @property
     def lambdas(self) -> dict[str, float]:
         """λ[l] per style layer, in network order."""
         return dict(self.style_layers)
 
+    def region_lambdas(self, region: Region) -> dict[str, float]:
+        """λ[l] of a region: its own, or the run's."""
+        return self.lambdas if region.lambdas is None else dict(region.lambdas)
+
+    @property
+    def style_layers_read(self) -> tuple[str, ...]:
+        """Every style layer with a λ, the regions' included, in network order."""
+        layers = set(self.lambdas)
+        for region in self.regions:
+            layers |= set(self.region_lambdas(region))
+        return tuple(sorted(layers, key=LAYER_INDEX.__getitem__))
+
+    @property
+    def style_cost_keys(self) -> tuple[str, ...]:
+        """The per-layer style costs a run reports (`cost/style/<key>`): `<layer>` per style layer, and with
+        regions also `<region>/<layer>` per styled region and layer."""
+        if not self.regions:
+            return tuple(self.lambdas)
+        styled = [r for r in self.regions if not r.keeps_content]
+        per_region = [f"{r.name}/{layer}" for r in styled for layer in self.region_lambdas(r)]
+        layers = sorted({layer for r in styled for layer in self.region_lambdas(r)}, key=LAYER_INDEX.__getitem__)
+        return (*layers, *per_region)
+
+    @property
+    def tileable(self) -> bool:
+        """Whether a scale may run by tiles: only the Gram cost over the whole image (engine.core.tiling)."""
+        return self.style_cost == "gram" and not self.regions
+
     @property
     def layers(self) -> tuple[str, ...]:
         """Every VGG19 layer the costs read."""
-        return tuple(dict.fromkeys([self.content_layer, *self.lambdas]))
+        return tuple(dict.fromkeys([self.content_layer, *self.style_layers_read]))
 
     @property
     def schedule(self) -> tuple[tuple[int, int], ...]:
@@ -166,12 +212,14 @@ class TransferConfig:
     def total_steps(self) -> int:
         return sum(steps for _, steps in self.schedule)
 
-    def effective_beta(self, height: int, width: int) -> float:
-        """The β the optimiser uses for a G of height × width: β itself in params version 1, else
-        `costs.size_aware_beta` (β at 256 px, scaled with the content layer's activation count)."""
+    def effective_beta(self, height: int, width: int, beta: float | None = None) -> float:
+        """The β (the run's, or `beta`: a region's) the optimiser uses for a G of height × width: as given
+        in params version 1, else `costs.size_aware_beta` (β at 256 px, scaled with the content layer's
+        activation count)."""
+        beta = self.beta if beta is None else beta
         if self.params_version == 1:
-            return self.beta
-        return size_aware_beta(self.beta, self.content_layer, height, width)
+            return beta
+        return size_aware_beta(beta, self.content_layer, height, width)
 
     def replace(self, **changes: Any) -> TransferConfig:
         return dataclasses.replace(self, **changes)
@@ -183,6 +231,8 @@ class TransferConfig:
             value = getattr(self, f.name)
             if f.name == "style_layers":
                 params |= {f"lambda.{layer}": _format(w) for layer, w in value} or {"style_layers": "none"}
+            elif f.name == "regions":
+                params |= regions_to_params(value)
             else:
                 params[f.name] = _format(value)
         return params
@@ -199,6 +249,8 @@ class TransferConfig:
                 lambdas = {k.removeprefix("lambda."): v for k, v in params.items() if k.startswith("lambda.")}
                 if lambdas or params.get("style_layers") == "none":
                     kwargs[f.name] = tuple((layer, _parse(float, w, layer)) for layer, w in lambdas.items())
+            elif f.name == "regions":
+                kwargs[f.name] = regions_from_params(params)
             elif f.name in params:
                 kwargs[f.name] = _parse(hints[f.name], params[f.name], f.name)
         return cls(**kwargs)
@@ -219,10 +271,13 @@ def auto_coarse_levels(size: int) -> int:
     return min(MAX_COARSE_LEVELS, round(math.log2(size / COARSE_START)))
 
 
-def check_style_images(style_blend: tuple[float, ...], count: int) -> None:
-    """Raise InputError unless there is a style image and, when blend weights are given, one per image."""
+def check_style_images(style_blend: tuple[float, ...], count: int, regions: tuple[Region, ...] = ()) -> None:
+    """Raise InputError unless there is a style image and, when blend weights are given, one per image,
+    and every region's style images are among them."""
     if count < 1:
         raise InputError("Give at least one style image.")
+    for region in regions:
+        region.checked(count)
     if style_blend and len(style_blend) != count:
         raise InputError(
             f"style_blend has {len(style_blend)} weights but there are {count} style images. "

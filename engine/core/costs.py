@@ -177,6 +177,11 @@ class Objective(nn.Module):
             target = sum(w * grams[layer] for w, grams in zip(blend, style_grams, strict=True))
             self.register_buffer(f"gram_{layer}", target)
 
+    @property
+    def cost_keys(self) -> tuple[str, ...]:
+        """Keys of `Costs.style_layers`: the style layers."""
+        return self.style_layers
+
     def _images_reading(self, layer: str, count: int, images: slice) -> tuple[list[bool], list[bool]]:
         """For the `count` images `images` of the batch: (weighs `layer`, reads `layer`). An image reads
         a layer it weighs, or one it reports although its λ there is 0."""

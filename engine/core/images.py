@@ -283,23 +283,35 @@ class InputImage:
 
 @dataclass(frozen=True, eq=False)
 class Inputs:
-    """A run's content image and its style images, each decoded once (`InputImage`)."""
+    """A run's content image, its style images and its region mask (`engine.core.regions`) if it has
+    one, each decoded once (`InputImage`)."""
 
     content: InputImage
     styles: tuple[InputImage, ...]
+    mask: InputImage | None = None
 
     @classmethod
-    def decode(cls, content: object, styles: Sequence[object]) -> Inputs:
+    def decode(cls, content: object, styles: Sequence[object], mask: object = None) -> Inputs:
         if isinstance(styles, (bytes, str, Image.Image)):
             raise TypeError("styles must be a sequence of images")
         return cls(
             InputImage.decode(content, "content image"),
             tuple(InputImage.decode(s, f"style image {i + 1}") for i, s in enumerate(styles)),
+            None if mask is None else InputImage.decode(mask, "mask image"),
         )
 
     @property
     def style_images(self) -> list[Image.Image]:
         return [s.image for s in self.styles]
+
+    @property
+    def mask_image(self) -> Image.Image | None:
+        return None if self.mask is None else self.mask.image
+
+    @property
+    def digests(self) -> tuple[str, ...]:
+        """The sha256 of every input, the mask's last: equal digests, equal inputs."""
+        return (self.content.sha256, *(s.sha256 for s in self.styles), *([self.mask.sha256] if self.mask else []))
 
 
 def fast_png(img: Image.Image) -> bytes:

@@ -34,7 +34,9 @@ from engine.core.device import (
     uses_bf16,
 )
 from engine.core.errors import InputError
+from engine.core.guided import GuidedObjective, StyleTerm
 from engine.core.lbfgs import BatchedLBFGS
+from engine.core.regions import check_mask_fits, region_maps
 from engine.core.tiling import (
     Interrupted,
     Tile,
@@ -111,12 +113,29 @@ def feature_net(config: TransferConfig, device: torch.device) -> VGGFeatures:
     return _feature_net(config.layers, config.weights, config.pooling, str(device))
 
 
-def initial_image(config: TransferConfig, content: torch.Tensor, styles: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+def initial_image(
+    config: TransferConfig,
+    content: torch.Tensor,
+    styles: Sequence[torch.Tensor] = (),
+    maps: torch.Tensor | None = None,
+) -> torch.Tensor:
     """G₀: white noise (the seed), the content image, `init_blend`·content + (1 − init_blend)·noise, or
     the AdaIN one-pass stylisation of the content after the (most weighted) style image.
 
+    With regions (`maps`, one per `config.regions`), G₀ = Σ_r m_r·G₀,r: a styled region's start is the
+    init after its own most weighted style, and a region that keeps the content starts as the content.
     Noise is uniform in [0, 1], drawn on the CPU from `config.seed`, so it is the same on every device.
     """
+    if maps is not None:
+        starts = []
+        for region in config.regions:
+            if region.keeps_content:
+                starts.append(content)
+            else:
+                blend = region.blend or (1.0,) * len(region.styles)
+                dominant = region.styles[dominant_style(blend, len(blend))] - 1
+                starts.append(initial_image(config.replace(regions=(), style_blend=()), content, [styles[dominant]]))
+        return sum(m.to(content.device) * start for m, start in zip(maps, starts, strict=True))
     if config.init == "adain":
         from engine.core.adain import adain_tensor  # its decoder weights load only when asked for
 
@@ -151,13 +170,22 @@ def check_batchable(configs: Sequence[TransferConfig]) -> None:
         params = config.to_params()
         differ = sorted(
             k for k in first.keys() | params.keys()
-            if first.get(k) != params.get(k) and k.split(".")[0] not in BATCH_KNOBS | {"lambda"}
+            if first.get(k) != params.get(k) and _knob_of(k) not in BATCH_KNOBS | {"lambda"}
         )  # fmt: skip
         if differ:
             raise InputError(
                 f"These settings cannot share a batch: they differ in {', '.join(differ)}. "
                 f"Only {', '.join(sorted(BATCH_KNOBS))} may differ; run the others separately."
             )
+
+
+def _knob_of(param: str) -> str:
+    """The knob a flat param sets: `lambda.relu1_1` → lambda; a region's weight `region.sky.beta` → beta
+    (its λ `region.sky.lambda.relu1_1` → lambda), and its colour or styles → regions."""
+    parts = param.split(".")
+    if parts[0] == "region" and len(parts) > 2:
+        return parts[2] if parts[2] in ("alpha", "beta", "lambda", "lambdas") else "regions"
+    return parts[0]
 
 
 def images_per_pass(device: torch.device, batch: int) -> int:
@@ -189,14 +217,18 @@ def transfer(
     on_step: Callable[[StepReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     device: str | torch.device | None = None,
+    mask: Image.Image | None = None,
 ) -> TransferResult:
-    """Style `content` after `styles` (decoded RGB images) with `config`; see `Objective` for J(G).
+    """Style `content` after `styles` (decoded RGB images) with `config`; see `Objective` for J(G), and
+    `GuidedObjective` for a run with regions of `mask` (`config.regions`) or another style cost.
 
     `should_stop()` is polled every iteration; when it returns True the run ends cleanly and the best
     image so far is returned with `stopped="cancelled"`.
     """
     report = None if on_step is None else (lambda reports: on_step(reports[0]))
-    return transfer_batch(content, styles, [config], on_step=report, should_stop=should_stop, device=device)[0]
+    return transfer_batch(
+        content, styles, [config], on_step=report, should_stop=should_stop, device=device, mask=mask
+    )[0]
 
 
 def transfer_batch(
@@ -207,6 +239,7 @@ def transfer_batch(
     on_step: Callable[[list[StepReport]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     device: str | torch.device | None = None,
+    mask: Image.Image | None = None,
 ) -> list[TransferResult]:
     """Optimise one G per config as one batch: the same network passes, per-image costs and per-image
     optimizer state, so each result is what its own `transfer` would give (up to floating-point order).
@@ -218,7 +251,8 @@ def transfer_batch(
     order = _batch_order(configs)
     configs = [configs[i] for i in order]
     config = configs[0]  # every knob outside BATCH_KNOBS is the same for all
-    check_style_images(config.style_blend, len(styles))
+    check_style_images(config.style_blend, len(styles), config.regions)
+    check_mask(config, mask, content.size)
     device = torch.device(device) if device is not None else pick_device()
     if device.type == "cuda":
         enable_gpu_basics()
@@ -233,6 +267,7 @@ def transfer_batch(
     for scale, ((size, steps), plan) in enumerate(zip(config.schedule, plans, strict=True)):
         content_rgb = images.image_to_tensor(images.resize_long_side(content, size)).to(device)
         content_in, styles_in = _network_inputs(content_rgb, styles, config, device)
+        maps = region_maps(mask, config.regions, *content_in.shape[-2:]).to(device) if config.regions else None
         tiles = tile_grid(*content_in.shape[-2:], plan.tile_size, plan.halo, grid) if plan.tile_size else None
         with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
             if tiles is None:
@@ -246,14 +281,14 @@ def transfer_batch(
                     for s in styles_in
                 ]
             objective = _batch_objective(
-                configs, content_features, style_features, content_in.shape[-2:], style_grams=style_grams
+                configs, content_features, style_features, content_in.shape[-2:], style_grams=style_grams, maps=maps
             )
         if scale == 0:
             starts: dict[tuple, torch.Tensor] = {}  # a λ sweep's images share one G₀ (one AdaIN pass)
             for c in configs:
                 key = (c.init, c.seed, c.init_blend)
                 if key not in starts:
-                    starts[key] = initial_image(c, content_in, styles_in)
+                    starts[key] = initial_image(c, content_in, styles_in, maps)
             g = torch.cat([starts[(c.init, c.seed, c.init_blend)] for c in configs])
         else:  # coarse to fine: the previous scale's best, upsampled, starts this scale
             g = F.interpolate(run.best_points(), size=content_in.shape[-2:], mode="bilinear", align_corners=False)
@@ -264,6 +299,16 @@ def transfer_batch(
     return run.results(device, plans[-1].describe(config))
 
 
+def check_mask(config: TransferConfig, mask: Image.Image | None, content_size: tuple[int, int]) -> None:
+    """InputError unless a run has a mask exactly when its config has regions, of the content's shape."""
+    if config.regions and mask is None:
+        raise InputError("This run has regions but no mask image. Give the mask, or remove the regions.")
+    if mask is not None and not config.regions:
+        raise InputError("A mask image was given but no regions: say which style each of its colours takes.")
+    if mask is not None:
+        check_mask_fits(mask, content_size)
+
+
 def run_plan(configs: Sequence[TransferConfig], content_size: tuple[int, int], device: torch.device) -> list[ScalePlan]:
     """How each scale of a batch of `configs` runs on `device` (`device.plan_scale`), coarse to fine, for a
     content image of `content_size` (width, height). Raises InputError when a scale cannot fit."""
@@ -272,10 +317,13 @@ def run_plan(configs: Sequence[TransferConfig], content_size: tuple[int, int], d
     for size, _ in config.schedule:
         width, height = images.long_side_size(content_size, size)
         # every config of a batch shares the layers that decide the memory, except their depth: the deepest
-        plan = max((plan_scale(c, height, width, device, len(configs), per_pass) for c in configs),
+        untiled = [c if c.tileable else c.replace(tile_size="0") for c in configs]
+        plan = max((plan_scale(c, height, width, device, len(configs), per_pass) for c in untiled),
                    key=lambda p: p.bytes)  # fmt: skip
-        if not plan.tile_size:  # only a run told not to tile can get here without fitting
-            check_fits(plan.bytes, height, width, device, hint=", or let the run go by tiles (tile size auto)")
+        if not plan.tile_size:  # only a run that may not tile can get here without fitting
+            hint = (", or let the run go by tiles (tile size auto)" if config.tileable
+                    else f" (a run with regions or the {config.style_cost} cost cannot go by tiles)")  # fmt: skip
+            check_fits(plan.bytes, height, width, device, hint=hint)
         plans.append(plan)
     return plans
 
@@ -299,11 +347,15 @@ def _batch_objective(
     style_features: list[dict],
     shape: Sequence[int],
     style_grams: list[dict] | None = None,
-) -> Objective:
+    maps: torch.Tensor | None = None,
+) -> Objective | GuidedObjective:
     """One Objective for the batch at this scale's (height, width) `shape`: each weight a vector with one
     entry per config (λ = 0 where a config does not use a layer, whose cost it then neither computes nor
-    reports), β the size-aware effective one (`TransferConfig.effective_beta`)."""
+    reports), β the size-aware effective one (`TransferConfig.effective_beta`). A run with regions
+    (`maps`) or a style cost other than the Gram gets a `GuidedObjective`."""
     config = configs[0]
+    if not config.tileable:
+        return _guided_objective(configs, content_features, style_features, shape, maps)
     layers = tuple(dict.fromkeys(layer for c in configs for layer in c.lambdas))
     per_image = lambda get: [get(c) for c in configs]  # noqa: E731
     return Objective(
@@ -318,6 +370,44 @@ def _batch_objective(
         reported={layer: per_image(lambda c, layer=layer: layer in c.lambdas) for layer in layers},
         style_grams=style_grams,
     )
+
+
+def _guided_objective(
+    configs: Sequence[TransferConfig], content_features: dict, style_features: list[dict], shape, maps
+) -> GuidedObjective:
+    """`_batch_objective` for regions or another style cost: one style term per styled region (or one over
+    the whole image), each weight one entry per config."""
+    config = configs[0]
+    per_image = lambda get: [get(c) for c in configs]  # noqa: E731
+
+    def term(name, index, styles, blend, regional) -> StyleTerm:
+        """`regional(c)`: (β, λ) of this term in config c."""
+        blend = blend or (1.0,) * len(styles)
+        layers = sorted({layer for c in configs for layer in regional(c)[1]}, key=LAYER_INDEX.__getitem__)
+        return StyleTerm(
+            name, index, styles, [w / sum(blend) for w in blend],
+            beta=per_image(lambda c: c.effective_beta(*shape, regional(c)[0])),
+            lambdas={layer: per_image(lambda c, layer=layer: regional(c)[1].get(layer, 0.0)) for layer in layers},
+        )  # fmt: skip
+
+    if not config.regions:
+        terms = [term("", None, range(len(style_features)), config.style_blend, lambda c: (c.beta, c.lambdas))]
+        alpha = per_image(lambda c: c.alpha)
+    else:
+        terms, alpha = [], []
+        for index, region in enumerate(config.regions):
+            own = lambda c, index=index: c.regions[index]  # noqa: E731 - the same region in every config
+            alpha.append(per_image(lambda c, own=own: c.alpha if own(c).alpha is None else own(c).alpha))
+            if region.keeps_content:
+                continue
+            regional = lambda c, own=own: (  # noqa: E731
+                c.beta if own(c).beta is None else own(c).beta, c.region_lambdas(own(c))
+            )
+            terms.append(term(region.name, index, [s - 1 for s in region.styles], region.blend, regional))
+    return GuidedObjective(
+        content_features, style_features, kind=config.style_cost, content_layer=config.content_layer,
+        terms=terms, alpha=alpha, tv_weight=per_image(lambda c: c.tv_weight), maps=maps,
+    )  # fmt: skip
 
 
 class _BatchRun:
@@ -350,7 +440,8 @@ class _BatchRun:
         self.step += 1
         reports = []
         for i, config in enumerate(self.configs):
-            floats = {k: v[i] for k, v in costs.items() if not k.startswith("style/") or k[6:] in config.lambdas}
+            keys = config.style_cost_keys
+            floats = {k: v[i] for k, v in costs.items() if not k.startswith("style/") or k[6:] in keys}
             total = floats["total"]
             self.non_finite[i] = 0 if math.isfinite(total) else self.non_finite[i] + 1
             best = self.best[i]
@@ -418,7 +509,7 @@ def _network_inputs(
 
 def _optimise(
     g0: torch.Tensor,
-    objective: Objective,
+    objective: Objective | GuidedObjective,
     net: VGGFeatures,
     config: TransferConfig,
     steps: int,
@@ -523,8 +614,8 @@ def _capture(iterate: Callable[[], tuple[torch.Tensor, torch.Tensor]], device: t
     return graph, point, packed
 
 
-def _cost_names(objective: Objective) -> list[str]:
-    return ["total", "content", "style", "tv", *(f"style/{layer}" for layer in objective.style_layers)]
+def _cost_names(objective: Objective | GuidedObjective) -> list[str]:
+    return ["total", "content", "style", "tv", *(f"style/{key}" for key in objective.cost_keys)]
 
 
 def _pack(costs: Costs) -> torch.Tensor:

@@ -58,7 +58,7 @@ def preview_config(config: TransferConfig) -> TransferConfig:
 
 def preview_key(config: TransferConfig, inputs: Inputs) -> str:
     """Digest of a preview's settings and images: the same key, the same preview."""
-    parts = [config.to_json(), inputs.content.sha256, *(s.sha256 for s in inputs.styles)]
+    parts = [config.to_json(), *inputs.digests]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -128,9 +128,10 @@ class PreviewRunner:
 
         try:
             config = TransferConfig.from_json(claim.config)
-            inputs = Inputs.decode(claim.content, claim.styles)
+            styles, mask = (claim.styles[:-1], claim.styles[-1]) if config.regions else (claim.styles, None)
+            inputs = Inputs.decode(claim.content, styles, mask)
             out = transfer(inputs.content.image, inputs.style_images, config, should_stop=abandoned,
-                           device=self.device)  # fmt: skip
+                           device=self.device, mask=inputs.mask_image)  # fmt: skip
             if out.stopped != "cancelled":
                 result = images.image_to_png_bytes(out.image)
         except InputError as e:

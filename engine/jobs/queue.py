@@ -37,7 +37,7 @@ from engine.core.config import TransferConfig, check_style_images
 from engine.core.errors import InputError
 from engine.core.images import InputImage, Inputs
 from engine.core.plan import estimate_seconds, gflop_per_step
-from engine.core.transfer import check_batchable
+from engine.core.transfer import check_batchable, check_mask
 from engine.jobs import ownership, worker
 from engine.jobs import preview as previews
 from engine.jobs.backends import make_backend
@@ -75,15 +75,17 @@ class JobSpec:
     parent_run_id: str | None = None
     tags: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
     owner: str | None = None  # the signed-in user who submits it (tags `owner`, `mlflow.user`)
+    mask: InputImage | bytes | None = None  # the regions' mask when `config.regions` (engine.core.regions)
 
     def __post_init__(self) -> None:  # decode raw bytes here, once; decoded images pass as they are
-        inputs = Inputs.decode(self.content, self.styles)
+        inputs = Inputs.decode(self.content, self.styles, self.mask)
         object.__setattr__(self, "content", inputs.content)
         object.__setattr__(self, "styles", inputs.styles)
+        object.__setattr__(self, "mask", inputs.mask)
 
     @property
     def inputs(self) -> Inputs:
-        return Inputs(self.content, self.styles)
+        return Inputs(self.content, self.styles, self.mask)
 
 
 @dataclass(frozen=True)
@@ -304,13 +306,12 @@ class JobQueue:
                 raise ValueError(f"source must be one of {tracking.SOURCES}, got {spec.source!r}")
         self._check_open()
         inputs = specs[0].inputs
-        shas = (inputs.content.sha256, *(s.sha256 for s in inputs.styles))
         for spec in specs[1:]:
-            other = spec.inputs
-            if (other.content.sha256, *(s.sha256 for s in other.styles)) != shas:
-                raise InputError("The jobs of a batch must share their content and style images.")
+            if spec.inputs.digests != inputs.digests:
+                raise InputError("The jobs of a batch must share their content and style images, and their mask.")
         for spec in specs:
-            check_style_images(spec.config.style_blend, len(inputs.styles))
+            check_style_images(spec.config.style_blend, len(inputs.styles), spec.config.regions)
+            check_mask(spec.config, inputs.mask_image, inputs.content.image.size)
         check_batchable([spec.config for spec in specs])
         self.wait_started()
         uri = tracking.check_reachable(self.tracking_uri)
@@ -430,9 +431,11 @@ class JobQueue:
         if self.backend == "ray":
             raise InputError("Live previews run on this machine's workers; with the Ray backend, press Run.")
         self._check_open()
-        check_style_images(config.style_blend, len(inputs.styles))
+        check_style_images(config.style_blend, len(inputs.styles), config.regions)
+        check_mask(config, inputs.mask_image, inputs.content.image.size)
         small = previews.preview_config(config)
-        pngs = [(inputs.content.sha256, inputs.content.png), *((s.sha256, s.png) for s in inputs.styles)]
+        # the mask, when there is one, goes last: the preview reads it back by its config's regions
+        pngs = [(i.sha256, i.png) for i in (inputs.content, *inputs.styles, *([inputs.mask] if inputs.mask else []))]
         preview_id = self.ledger.add_preview(slot, previews.preview_key(small, inputs), small.to_json(), pngs,
                                              previews.DEBOUNCE_S)  # fmt: skip
         with self._lock:

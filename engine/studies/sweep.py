@@ -81,7 +81,9 @@ MAX_BATCH = 8  # settings per batch: bounds a batch's memory and keeps other job
 MAX_AXES = 2
 SHEET_ARTIFACT = "contact_sheet.png"
 SHEET_KEY = "contact_sheet"
-_PLAIN_PARAMS = tuple(f.name for f in dataclasses.fields(TransferConfig))  # includes "style_layers"
+# every knob (with "style_layers"), except the regions: a region's weights are swept one by one
+_PLAIN_PARAMS = tuple(f.name for f in dataclasses.fields(TransferConfig) if f.name != "regions")
+_REGION_PARAM = re.compile(r"^region\.([a-z][a-z0-9_]*)\.(alpha|beta|lambda\.\w+)$")
 _MAX_PARAM_LENGTH = 6000  # MLflow 3's limit on a param value
 _TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
@@ -99,6 +101,16 @@ def sweepable_params(base: TransferConfig | None = None) -> list[str]:
 
 def _check_param(param: str) -> str:
     if param == RATIO or param in _PLAIN_PARAMS:
+        return param
+    if param.startswith("region."):
+        match = _REGION_PARAM.match(param)
+        if match is None:
+            raise InputError(
+                f"Unknown sweep parameter {param!r}: a region's setting is region.<name>.alpha, "
+                "region.<name>.beta or region.<name>.lambda.<layer>."
+            )
+        if match[2].startswith("lambda."):
+            check_layer(match[2].removeprefix("lambda."), what="style layer")
         return param
     if param.startswith("lambda."):
         try:
@@ -182,6 +194,15 @@ def _setting(base: TransferConfig, changes: Iterable[tuple[str, str]]) -> Transf
             params |= _style_layers_params(value)
         elif param.startswith("lambda."):
             params.pop("style_layers", None)  # a base without style layers gains this one
+            params[param] = value
+        elif param.startswith("region."):
+            name = param.split(".")[1]
+            if name not in {r.name for r in base.regions}:
+                known = ", ".join(r.name for r in base.regions) or "none: the settings have no mask"
+                raise InputError(f"There is no region {name!r} to sweep; the regions are {known}.")
+            if param.split(".")[2] == "lambda" and not any(k.startswith(f"region.{name}.lambda.") for k in params):
+                # the region used the run's λ: it keeps them, and this layer's takes the swept value
+                params |= {f"region.{name}.{k}": v for k, v in params.items() if k.startswith("lambda.")}
             params[param] = value
         else:
             params[param] = value
@@ -364,6 +385,7 @@ def submit_sweep(
     experiment: str = tracking.DEFAULT_EXPERIMENT,
     poll_s: float = 0.25,
     owner: str | None = None,
+    mask: images.InputImage | bytes | None = None,
 ) -> SweepHandle:
     """Submit one parent run and one child run per setting of `expand(base, axes)` (same inputs and
     seed, unless swept), in row-major order, and return at once. Settings that can share a batch run as
@@ -373,12 +395,12 @@ def submit_sweep(
     `finalise_group`). `owner`: the signed-in user who starts it, owner of the parent and every child."""
     axes = list(axes)
     settings = expand(base, axes)
-    inputs = images.Inputs.decode(content, styles)  # once, for every child
+    inputs = images.Inputs.decode(content, styles, mask)  # once, for every child
     content, styles = inputs.content, inputs.styles
     content_size = content.image.size
     for labels, config in settings:
         try:
-            check_style_images(config.style_blend, len(styles))
+            check_style_images(config.style_blend, len(styles), config.regions)
         except InputError as exc:
             raise InputError(f"Sweep setting {_label(labels)}: {exc}") from None
     uri = tracking.check_reachable(queue.tracking_uri)
@@ -430,6 +452,7 @@ def submit_sweep(
                 parent_run_id=parent,
                 tags=child_tags,
                 owner=owner,
+                mask=inputs.mask,
             )
         )
     run_ids: dict[int, str] = {}  # setting index -> run id

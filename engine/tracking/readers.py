@@ -245,10 +245,13 @@ def load_run(tracking_uri: str | None, run_id: str) -> RunSummary:
 
 def load_inputs(tracking_uri: str | None, run_id: str) -> Inputs:
     """The run's content and style images (`inputs/content.png`, `inputs/style.png`,
-    `inputs/style_<i>.png`), decoded: what a worker runs, or the studio clones."""
+    `inputs/style_<i>.png`) and, for a run with regions, its mask (`inputs/mask.png`), decoded: what a
+    worker runs, or the studio clones."""
     uri = resolve_tracking_uri(tracking_uri)
     run = _get_run(MlflowClient(uri), run_id)
     count = int(run.data.params.get("style_images", "1"))
     names = ["inputs/content.png", "inputs/style.png", *(f"inputs/style_{i}.png" for i in range(1, count))]
+    if run.data.params.get("regions", "none") != "none":
+        names.append("inputs/mask.png")
     data = [Path(download_artifact(uri, run_id, name)).read_bytes() for name in names]
-    return Inputs.decode(data[0], data[1:])
+    return Inputs.decode(data[0], data[1 : count + 1], data[count + 1] if len(data) > count + 1 else None)

@@ -140,6 +140,7 @@ def create_run(
         "source": source,
         "sha256.content": inputs.content.sha256,
         **{f"sha256.style.{i}": s.sha256 for i, s in enumerate(inputs.styles)},
+        **({"sha256.mask": inputs.mask.sha256} if inputs.mask else {}),
         **_device_tags(device),
         "torch_version": torch.__version__,
         "stylelab_version": str(getattr(engine, "__version__", "0.1.0")),
@@ -171,6 +172,8 @@ def create_run(
             (Path(folder) / "content.png").write_bytes(inputs.content.png)
             for i, style in enumerate(inputs.styles):
                 (Path(folder) / ("style.png" if i == 0 else f"style_{i}.png")).write_bytes(style.png)
+            if inputs.mask is not None:
+                (Path(folder) / "mask.png").write_bytes(inputs.mask.png)
             client.log_artifacts(run_id, folder, "inputs")
         client.log_text(run_id, config.to_json(), "config.json")
     except Exception as e:
