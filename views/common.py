@@ -31,6 +31,7 @@ from engine.core.config import (
 )
 from engine.core.device import available_bytes, device_name, pick_device
 from engine.core.errors import InputError
+from engine.core.style_costs import STYLE_COSTS
 from engine.core.transfer import run_plan
 from engine.core.vgg import LAYER_INDEX, LAYER_NAMES
 from engine.jobs import JobQueue
@@ -206,6 +207,8 @@ def settings_ui(defaults: TransferConfig, n_styles: int) -> TransferConfig:
         tiles = ["auto", "never", *(t for t in sizes if t not in ("auto", "0"))]
         shown = {"0": "never"}.get(defaults.tile_size, defaults.tile_size)
         tile_size = st.selectbox("Tiles (px)", tiles, index=tiles.index(shown), help=HELP["tile_size"], key="tile_size")
+        style_cost = st.selectbox("Style cost", STYLE_COSTS, index=STYLE_COSTS.index(defaults.style_cost),
+                                  help=HELP["style_cost"], key="style_cost")  # fmt: skip
     return TransferConfig(
         alpha=alpha, beta=beta, style_layers=lambdas, content_layer=content_layer, size=int(size),
         steps=int(steps), optimizer=optimizer, lr=lr, init=init, init_blend=init_blend, seed=int(seed),
@@ -213,7 +216,7 @@ def settings_ui(defaults: TransferConfig, n_styles: int) -> TransferConfig:
         style_blend=style_blend, coarse_levels=None if coarse_levels == "auto" else coarse_levels,
         coarse_steps=int(coarse_steps), history=int(history), precision=precision,
         tile_size={"never": "0"}.get(tile_size, tile_size), tile_halo=defaults.tile_halo,
-        params_version=defaults.params_version,
+        params_version=defaults.params_version, style_cost=style_cost, regions=defaults.regions,
     )  # fmt: skip
 
 

@@ -18,6 +18,7 @@ from engine import tracking
 from engine.core.errors import InputError
 from engine.studies import compare
 from views.common import mlflow_ui_base, store_down, store_failed, store_label, tracking_uri
+from views.regions import regions_caption
 
 STATUS_ICON = {
     "FINISHED": ":material/check_circle:", "RUNNING": ":material/autorenew:", "SCHEDULED": ":material/schedule:",
@@ -57,6 +58,8 @@ def input_paths(uri: str, run: tracking.RunSummary) -> list[tuple[str, str]]:
     count = int(run.params.get("style_images", "1") or 1)
     names = [("content C", "inputs/content.png"), ("style S", "inputs/style.png")]
     names += [(f"style S{i + 1}", f"inputs/style_{i}.png") for i in range(1, count)]
+    if regions_caption(run.params):
+        names.append(("mask", "inputs/mask.png"))
     paths = []
     for caption, name in names:
         try:
@@ -97,7 +100,8 @@ def legend(labels: list[str]) -> None:
 
 
 def results_row(runs: list[tracking.RunSummary], labels: list[str], images: dict[str, Image.Image],
-                kinds: dict[str, str]) -> None:  # fmt: skip
+                kinds: dict[str, str], masks: dict[str, str]) -> None:  # fmt: skip
+    """Each run's result, with its mask beside it when it has regions (`masks`: run id → local path)."""
     shown = compare.same_size([images[r.run_id] for r in runs if r.run_id in images], DISPLAY_LONG_SIDE)
     by_id = dict(zip([r.run_id for r in runs if r.run_id in images], shown, strict=True))
     for start in range(0, len(runs), PER_ROW):
@@ -105,10 +109,14 @@ def results_row(runs: list[tracking.RunSummary], labels: list[str], images: dict
         for column, run, label in zip(columns, runs[start : start + PER_ROW], labels[start : start + PER_ROW],
                                       strict=False):  # fmt: skip
             with column:
+                result, mask = st.columns([3, 1]) if run.run_id in masks else (st.container(), None)
                 if run.run_id in by_id:
-                    st.image(by_id[run.run_id], width="stretch", alt=f"result of run {run.run_id}")
+                    result.image(by_id[run.run_id], width="stretch", alt=f"result of run {run.run_id}")
                 else:
-                    st.caption("No image yet.")
+                    result.caption("No image yet.")
+                if mask is not None:
+                    mask.image(masks[run.run_id], width="stretch", alt=f"mask of run {run.run_id}",
+                               caption=regions_caption(run.params))  # fmt: skip
                 st.page_link("views/runs.py", label=label, icon=STATUS_ICON.get(run.status),
                              query_params={"run": run.run_id})  # fmt: skip
                 st.caption(f"`{run.run_id[:8]}` · {run.status.lower()} · {kinds[run.run_id]}")
@@ -300,16 +308,19 @@ st.link_button(f"Open these {len(runs)} runs in the MLflow UI's compare view", l
 
 images: dict[str, Image.Image] = {}
 kinds: dict[str, str] = {}
+masks: dict[str, str] = {}
 try:
     for run in runs:
         path, kinds[run.run_id] = result_path(uri, run)
         if path is not None:
             images[run.run_id] = open_image(path)
+        if regions_caption(run.params):
+            masks[run.run_id] = tracking.download_artifact(uri, run.run_id, "inputs/mask.png")
 except Exception as exc:
     store_failed(exc)
 if any(run.status not in TERMINAL for run in runs):
     st.caption("Some runs are still going: reload the page for their latest state.")
-results_row(runs, labels, images, kinds)
+results_row(runs, labels, images, kinds, masks)
 try:
     inputs_expander(uri, runs, labels)
     settings_section(runs, labels)

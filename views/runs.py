@@ -26,6 +26,7 @@ from views.common import (
     visitor_text,
 )
 from views.live import LIVE_READ_EVERY_S, freeze_startup_heap, live_frame
+from views.regions import regions_caption
 
 ACTIVE = ("SCHEDULED", "RUNNING")
 STATUS_ICON = {
@@ -180,6 +181,9 @@ def finished_view(run: tracking.RunSummary) -> None:
     content_path = tracking.download_artifact(uri, run.run_id, "inputs/content.png")
     style_path = tracking.download_artifact(uri, run.run_id, "inputs/style.png")
     columns[0].image(content_path, caption="content C", width="stretch")
+    if regions_caption(run.params):  # the mask under the content: which part took which style
+        mask_path = tracking.download_artifact(uri, run.run_id, "inputs/mask.png")
+        columns[0].image(mask_path, caption="mask: " + regions_caption(run.params), width="stretch")
     columns[1].image(style_path, caption="style S", width="stretch")
     if result_path:
         columns[2].image(result_path, caption="result G", width="stretch")

@@ -25,6 +25,7 @@ from views.common import (
     visitor_text,
 )
 from views.preview import live_preview
+from views.regions import regions_ui
 from views.uploads import UPLOAD_LIMITS, UPLOAD_TYPES
 
 st.title("Studio")
@@ -118,6 +119,9 @@ try:
     config = settings_ui(defaults, len(styles))
 except InputError as exc:
     input_error(exc)
+with st.expander("Regions: give parts of the content their own styles", expanded=bool(defaults.regions)):
+    config, mask = regions_ui(config, content, len(styles), cloned_inputs.mask if cloned_inputs else None)
+inputs = images.Inputs(inputs.content, inputs.styles, mask)
 
 estimate, fits = estimate_caption(config, content.height / content.width)
 (st.caption if fits else st.warning)(estimate)  # when it does not fit, the estimate says what to do
@@ -155,7 +159,7 @@ def refused(exc: InputError) -> None:
 if st.button("Run", type="primary", disabled=not fits, key="run_pressed"):
     try:
         run_id = job_queue().submit(JobSpec(config=config, content=inputs.content, styles=inputs.styles,
-                                            owner=auth.owner()))  # fmt: skip
+                                            mask=inputs.mask, owner=auth.owner()))  # fmt: skip
     except InputError as exc:
         refused(exc)
     st.switch_page("views/runs.py", query_params={"run": run_id})
@@ -184,7 +188,7 @@ with st.expander("Sweep: vary one or two settings over a list or a grid"):
     if st.button("Run sweep", disabled=not settings or not fits, key="sweep_pressed"):
         try:
             handle = submit_sweep(job_queue(), config, [SweepAxis(p, v) for p, v in axes], inputs.content,
-                                  inputs.styles, owner=auth.owner())  # fmt: skip
+                                  inputs.styles, owner=auth.owner(), mask=inputs.mask)  # fmt: skip
         except InputError as exc:
             refused(exc)
         st.switch_page("views/sweep.py", query_params={"run": handle.parent_run_id})

@@ -1,0 +1,79 @@
+"""Regions in a real browser: upload a mask in the studio, see the regions over the content, give each a
+style, run, and find the mask beside the result on the run's page and the compare page."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from browser_helpers import BROWSER_TEST, set_number, shot
+from mlflow import MlflowClient
+from PIL import Image, ImageDraw
+
+from engine.core.config import TransferConfig
+from engine.core.samples import sample_path
+from engine.jobs import tracked_transfer
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+pytestmark = BROWSER_TEST
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('regions-store')}/mlflow.db"
+
+
+@pytest.fixture(scope="module")
+def server(store, start_streamlit):
+    return start_streamlit(store)
+
+
+def test_upload_a_mask_give_each_region_a_style_run_and_compare(server, store, browser, tmp_path):
+    mask_path = tmp_path / "mask.png"
+    mask = Image.new("RGB", (512, 384), (255, 0, 0))  # the sky red, the town and river blue
+    ImageDraw.Draw(mask).rectangle([0, 200, 512, 384], fill=(0, 0, 255))
+    mask.save(mask_path)
+
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(server)
+    page.get_by_text("Upload a content image").wait_for()
+    uploads = page.locator("input[type=file]")
+    uploads.nth(0).set_input_files(str(sample_path("tubingen.jpg")))
+    page.get_by_text("The server has your content image").wait_for()
+    uploads.nth(1).set_input_files([str(sample_path("starry_night.jpg")), str(sample_path("the_scream.jpg"))])
+    page.get_by_text("style 2, 402×512").wait_for()
+    set_number(page, "Size (long side, px)", 96)
+    set_number(page, "Steps", 20)
+    page.get_by_text("Regions: give parts of the content their own styles").click()
+    page.get_by_text("No mask: the whole image takes the style").wait_for()
+    page.locator("[data-testid=stExpander] input[type=file]").set_input_files(str(mask_path))
+    overlay = page.get_by_text(re.compile(r"The regions over the content image: red #ff0000, blue #0000ff"))
+    overlay.wait_for()
+    assert page.get_by_text("#ff0000, 48%").count() == 0  # 200 of 384 rows: 52 % red
+    page.get_by_text("#ff0000, 52%").wait_for()
+    overlay.scroll_into_view_if_needed()
+    shot(page, "regions-1-studio")
+
+    page.get_by_role("button", name="Run").click()
+    page.wait_for_url(re.compile(r"/runs\?run=\w+"))
+    run_id = page.url.split("run=")[1]
+    page.get_by_text("result G").wait_for(timeout=240_000)
+    page.get_by_text("mask: red (#ff0000): style 1 · blue (#0000ff): style 2").wait_for()
+    shot(page, "regions-2-finished")
+
+    run = MlflowClient(store).get_run(run_id)
+    assert run.data.params["region.red.styles"] == "1" and run.data.params["region.blue.styles"] == "2"
+    assert {"cost/style/red/relu1_1", "cost/style/blue/relu5_1"} <= set(run.data.metrics)
+    assert "inputs/mask.png" in [a.path for a in MlflowClient(store).list_artifacts(run_id, "inputs")]
+
+    # Beside the same content without a mask, on the compare page: the masked run shows its mask.
+    plain = tracked_transfer(sample_path("tubingen.jpg"), [sample_path("starry_night.jpg")],
+                             TransferConfig(size=64, steps=3), tracking_uri=store, quality=False)  # fmt: skip
+    page.goto(f"{server}/compare?runs={run_id},{plain.run_id}")
+    page.locator(f"img[alt='mask of run {run_id}']").wait_for()
+    assert page.locator(f"img[alt='mask of run {plain.run_id}']").count() == 0
+    shot(page, "regions-3-compare")
+    context.close()

@@ -1,0 +1,89 @@
+"""The studio's regions: upload a mask whose flat colours split the content image, see them over it, and
+give each its own style image and weight, or keep it as it is (engine.core.regions)."""
+
+from collections.abc import Mapping
+
+import streamlit as st
+from PIL import Image
+
+from engine.core import images
+from engine.core.config import TransferConfig
+from engine.core.errors import InputError
+from engine.core.regions import Region, check_mask_fits, color_name, mask_colors, mask_overlay
+from views.uploads import UPLOAD_LIMITS, UPLOAD_TYPES
+
+KEEP = "keep as is"
+KEEP_ALPHA_FACTOR = 10.0  # a kept region's content weight, times the run's α: it holds the photo firmly
+
+
+def regions_caption(params: Mapping[str, str]) -> str:
+    """"sky (#ff0000): style 1 · town (#0000ff): kept as is" from a run's params; "" without regions."""
+    names = [n for n in params.get("regions", "").split(",") if n and n != "none"]
+    parts = []
+    for name in names:
+        styles = params.get(f"region.{name}.styles", "keep")
+        taken = KEEP if styles == "keep" else "style " + " + ".join(styles.split(","))
+        parts.append(f"{name} ({params.get(f'region.{name}.color', '?')}): {taken}")
+    return " · ".join(parts)
+
+
+def regions_ui(
+    config: TransferConfig, content: Image.Image, n_styles: int, cloned_mask: images.InputImage | None
+) -> tuple[TransferConfig, images.InputImage | None]:
+    """The mask uploader and one row per region; returns `config` with its regions and the mask (None and
+    no regions when no mask is given). Stops the page with a clear error for a mask that cannot work."""
+    mask_file = st.file_uploader(
+        "Mask image: one flat colour per region, drawn over the content image", type=UPLOAD_TYPES, key="mask",
+        help=f"Paint each region in one flat colour (PNG keeps them flat) at the content's shape. {UPLOAD_LIMITS}",
+    )  # fmt: skip
+    try:
+        mask = images.InputImage.decode(mask_file.getvalue(), "mask image") if mask_file else cloned_mask
+        if mask is None:
+            st.caption("No mask: the whole image takes the style. A mask gives parts of it their own styles.")
+            return config.replace(regions=()), None
+        check_mask_fits(mask.image, content.size)
+        colors = mask_colors(mask.image)
+    except InputError as exc:
+        st.error(str(exc), icon="⚠️")
+        st.stop()
+    before = {r.color: r for r in config.regions}  # a cloned run's regions, by colour
+    options = [f"style {i + 1}" for i in range(n_styles)] + [KEEP]
+    left, right = st.columns([1, 1])
+    regions = []
+    with right:
+        for i, (color, share) in enumerate(colors):
+            hex_ = Region("x", color).hex
+            old = before.get(color)
+            default = options[min(i, n_styles - 1)]
+            if old:
+                default = KEEP if old.keeps_content else f"style {old.styles[0]}"
+            name_col, style_col, weight_col = st.columns([2, 2, 2])
+            name = name_col.text_input(
+                f"Region {i + 1}", value=old.name if old else color_name(color, i + 1),
+                key=f"region_name_{hex_}", help=f"{hex_}, {share:.0%} of the mask",
+            )  # fmt: skip
+            name_col.markdown(f"<span style='color:{hex_}'>■■■</span> {hex_}, {share:.0%}", unsafe_allow_html=True)
+            taken = style_col.selectbox("takes", options, index=options.index(default), key=f"region_style_{hex_}")
+            if taken == KEEP:
+                alpha = weight_col.number_input(
+                    "content weight α", min_value=0.0, format="%g", key=f"region_alpha_{hex_}",
+                    value=old.alpha if old and old.alpha is not None else KEEP_ALPHA_FACTOR * config.alpha,
+                )  # fmt: skip
+                regions.append(Region(name.strip(), color, (), alpha=alpha))
+            else:
+                beta = weight_col.number_input(
+                    "style weight β", min_value=0.0, format="%g", key=f"region_beta_{hex_}",
+                    value=old.beta if old and old.beta is not None else config.beta,
+                )  # fmt: skip
+                own_beta = None if beta == config.beta else beta  # the run's β: a sweep of β moves it too
+                regions.append(Region(name.strip(), color, (int(taken.split()[1]),), beta=own_beta))
+    try:
+        config = config.replace(regions=tuple(regions))
+    except InputError as exc:
+        st.error(str(exc), icon="⚠️")
+        st.stop()
+    left.image(
+        images.resize_long_side(mask_overlay(content, mask.image), 384),
+        caption="The regions over the content image: " + ", ".join(f"{r.name} {r.hex}" for r in config.regions),
+    )
+    return config, mask
