@@ -35,7 +35,8 @@ def content() -> Image.Image:
 
 @pytest.fixture(scope="module")
 def styles() -> list[Image.Image]:
-    return [images.resize_long_side(images.load_image(sample_path(n)), 96) for n in ("starry_night.jpg", "the_scream.jpg")]
+    names = ("starry_night.jpg", "the_scream.jpg")
+    return [images.resize_long_side(images.load_image(sample_path(n)), 96) for n in names]
 
 
 def halves(size: tuple[int, int], top=SKY, bottom=TOWN) -> Image.Image:
@@ -76,7 +77,7 @@ def test_a_jpeg_saved_mask_has_its_flat_colours_only_and_they_take_the_styles_la
     regions = regions_in_order(noisy, 2)
     assert [r.styles for r in regions] == [(1,), (2,)]
     assert np.abs(np.subtract(regions[0].color, SKY)).max() < 16  # the sky, about red
-    with pytest.raises(InputError, match="2 colours .* but 3 style images"):
+    with pytest.raises(InputError, match=r"2 colours .* but 3 style images"):
         regions_in_order(noisy, 3)
     stripes = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
     with pytest.raises(InputError, match="flat colours"):
@@ -189,7 +190,7 @@ def test_regions_compose_with_batches_coarse_to_fine_and_colour_preservation(con
         assert many.costs["total"] == pytest.approx(one.costs["total"], rel=0.01)
         assert set(many.costs) == set(one.costs)
     assert "style/sky/relu1_1" not in batched[0].costs  # the sky's own λ: relu3_1 only
-    with pytest.raises(InputError, match="cannot share a batch: they differ in region.sky.color"):
+    with pytest.raises(InputError, match=r"cannot share a batch: they differ in region\.sky\.color"):
         check_batchable([configs[0], configs[0].replace(regions=(Region("sky", (0, 255, 0), (1,)), base.regions[1]))])
     both = base.replace(size=128, steps=4, coarse_levels=1, coarse_steps=4, preserve_colors=True)
     out = transfer(content, styles, both, mask=mask, device="cpu")

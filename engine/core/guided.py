@@ -69,7 +69,7 @@ class GuidedObjective(nn.Module):
         super().__init__()
         self.kind, self.content_layer, self.terms, self.maps = kind, content_layer, list(terms), maps
         device = content_features[content_layer].device
-        self._weight = lambda value: torch.as_tensor(value, dtype=torch.float32, device=device)  # noqa: E731
+        self._weight = lambda value: torch.as_tensor(value, dtype=torch.float32, device=device)
         self.content_target = _at_least_fp32(content_features[content_layer].detach())
         self.tv_weight = self._weight(tv_weight)
         self.style_layers = tuple(
@@ -83,7 +83,9 @@ class GuidedObjective(nn.Module):
             self.alpha = torch.einsum("rb,rxhw->bxhw", alphas, region_maps)
         # weights as tensors once: a host-to-device copy per iteration would stall a GPU (and a CUDA graph)
         self.betas = {t.name: self._weight(t.beta) for t in self.terms}
-        self.lambda_weights = {(t.name, layer): self._weight(lam) for t in self.terms for layer, lam in t.lambdas.items()}
+        self.lambda_weights = {
+            (t.name, layer): self._weight(lam) for t in self.terms for layer, lam in t.lambdas.items()
+        }
         self.targets: dict[tuple[str, str], Statistics] = {}
         self.shares: dict[tuple[str, str], float] = {}
         self.masks: dict[tuple[str, str], torch.Tensor | None] = {}

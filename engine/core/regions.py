@@ -189,7 +189,7 @@ def mask_colors(mask: Image.Image, limit: int = MAX_REGIONS) -> list[tuple[tuple
         color, share = np.array(group[:3]), group[3] / total
         if share < MIN_REGION_SHARE or (share < _BLEND_SHARE and _is_blend(color, [np.array(c) for c, _ in found])):
             continue
-        found.append((tuple(int(round(v)) for v in color), share))
+        found.append((tuple(round(v) for v in color), share))
     if len(found) > limit:
         raise InputError(
             f"The mask has {len(found)} colours that each cover at least {MIN_REGION_SHARE:.1%} of it; a region "
