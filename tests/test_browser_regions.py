@@ -77,3 +77,45 @@ def test_upload_a_mask_give_each_region_a_style_run_and_compare(server, store, b
     assert page.locator(f"img[alt='mask of run {plain.run_id}']").count() == 0
     shot(page, "regions-3-compare")
     context.close()
+
+
+def test_paint_a_region_over_the_content_and_run_it(server, store, browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1200})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(server)
+    page.get_by_text("Upload a content image").wait_for()
+    uploads = page.locator("input[type=file]")
+    uploads.nth(0).set_input_files(str(sample_path("tubingen.jpg")))
+    page.get_by_text("The server has your content image").wait_for()
+    uploads.nth(1).set_input_files([str(sample_path("starry_night.jpg")), str(sample_path("the_scream.jpg"))])
+    page.get_by_text("style 2, 402×512").wait_for()
+    set_number(page, "Size (long side, px)", 64)
+    set_number(page, "Steps", 5)
+    page.get_by_text("Regions: give parts of the content their own styles").click()
+    page.get_by_text("painting over the content").click()
+    page.get_by_text("Paint a region over the content image").wait_for()
+    canvas = page.locator("canvas.upper-canvas").first  # Fabric.js's event layer, over the content
+    overlay = page.get_by_text(re.compile(r"The regions over the content image: white #ffffff, red #ff0000"))
+    for _ in range(3):  # the component sets up its canvas after it shows it: a stroke before that is lost
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()
+        page.mouse.move(box["x"] + 20, box["y"] + 40)  # one red brush stroke, 40 px wide, across the sky
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] - 20, box["y"] + 40, steps=12)
+        page.mouse.up()
+        try:
+            overlay.wait_for(timeout=15_000)
+            break
+        except playwright.TimeoutError:
+            continue
+    overlay.wait_for()
+    page.get_by_text(re.compile(r"#ff0000, \d+%")).wait_for()
+    overlay.scroll_into_view_if_needed()
+    shot(page, "regions-4-painted")
+
+    page.get_by_role("button", name="Run").click()
+    page.wait_for_url(re.compile(r"/runs\?run=\w+"))
+    page.get_by_text("result G").wait_for(timeout=240_000)
+    page.get_by_text(re.compile(r"mask: white \(#ffffff\): style 1 · red \(#ff0000\): style 2")).wait_for()
+    context.close()

@@ -1,10 +1,13 @@
-"""The studio's regions: upload a mask whose flat colours split the content image, see them over it, and
-give each its own style image and weight, or keep it as it is (engine.core.regions)."""
+"""The studio's regions: upload a mask whose flat colours split the content image, or paint one over it,
+see the regions over it, and give each its own style image and weight, or keep it as it is
+(engine.core.regions)."""
 
 from collections.abc import Mapping
 
+import numpy as np
 import streamlit as st
 from PIL import Image
+from streamlit_drawable_canvas import st_canvas
 
 from engine.core import images
 from engine.core.config import TransferConfig
@@ -14,6 +17,31 @@ from views.uploads import UPLOAD_LIMITS, UPLOAD_TYPES
 
 KEEP = "keep as is"
 KEEP_ALPHA_FACTOR = 10.0  # a kept region's content weight, times the run's α: it holds the photo firmly
+BRUSHES = {"red": "#ff0000", "blue": "#0000ff", "green": "#00a000", "yellow": "#ffd700"}
+SHAPES = {"brush": "freedraw", "rectangle": "rect", "polygon (click the corners, right-click to close)": "polygon"}
+CANVAS_WIDTH = 640
+
+
+def painted_mask(content: Image.Image) -> images.InputImage | None:
+    """A canvas over the content image to paint regions on; what is left unpainted is one more region,
+    white. The painted mask, or None before anything is painted."""
+    brush_col, shape_col, width_col = st.columns(3)
+    brush = BRUSHES[brush_col.selectbox("Colour", list(BRUSHES), key="paint_color")]
+    shape = SHAPES[shape_col.selectbox("Draw", list(SHAPES), key="paint_shape")]
+    stroke = width_col.slider("Brush size (px)", 4, 96, 40, key="paint_width")
+    width = min(CANVAS_WIDTH, content.width)
+    height = round(width * content.height / content.width)
+    canvas = st_canvas(
+        fill_color=brush, stroke_width=stroke, stroke_color=brush, background_image=content.resize((width, height)),
+        width=width, height=height, drawing_mode=shape, return_image_data=True, key="paint_canvas",
+    )  # fmt: skip
+    drawn = canvas.image_data  # (h, w, 4): the strokes only, the content is the canvas's background
+    if drawn is None or drawn[..., 3].max() == 0:
+        st.caption("Paint a region over the content image; what stays unpainted is a region of its own (white).")
+        return None
+    alpha = drawn[..., 3:].astype(np.float32) / 255  # over white: an anti-aliased edge is a blend, not a region
+    rgb = drawn[..., :3].astype(np.float32) * alpha + 255 * (1 - alpha)
+    return images.InputImage.decode(Image.fromarray(rgb.round().astype(np.uint8)), "painted mask")
 
 
 def regions_caption(params: Mapping[str, str]) -> str:
@@ -32,12 +60,18 @@ def regions_ui(
 ) -> tuple[TransferConfig, images.InputImage | None]:
     """The mask uploader and one row per region; returns `config` with its regions and the mask (None and
     no regions when no mask is given). Stops the page with a clear error for a mask that cannot work."""
-    mask_file = st.file_uploader(
-        "Mask image: one flat colour per region, drawn over the content image", type=UPLOAD_TYPES, key="mask",
-        help=f"Paint each region in one flat colour (PNG keeps them flat) at the content's shape. {UPLOAD_LIMITS}",
-    )  # fmt: skip
+    source = st.radio("Regions from", ["a mask image", "painting over the content"], horizontal=True,
+                      key="mask_source")  # fmt: skip
     try:
-        mask = images.InputImage.decode(mask_file.getvalue(), "mask image") if mask_file else cloned_mask
+        if source == "a mask image":
+            mask_file = st.file_uploader(
+                "Mask image: one flat colour per region, drawn over the content image", type=UPLOAD_TYPES,
+                key="mask", help=f"Each region in one flat colour (PNG keeps them flat), at the content's shape. "
+                f"{UPLOAD_LIMITS}",
+            )  # fmt: skip
+            mask = images.InputImage.decode(mask_file.getvalue(), "mask image") if mask_file else cloned_mask
+        else:
+            mask = painted_mask(content)
         if mask is None:
             st.caption("No mask: the whole image takes the style. A mask gives parts of it their own styles.")
             return config.replace(regions=()), None
