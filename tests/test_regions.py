@@ -22,7 +22,7 @@ from engine.core.regions import (
 )
 from engine.core.samples import sample_path
 from engine.core.style_costs import guided_gram
-from engine.core.transfer import check_batchable, transfer, transfer_batch
+from engine.core.transfer import check_batchable, run_plan, transfer, transfer_batch
 from engine.core.vgg import VGGFeatures
 
 SKY, TOWN = (255, 0, 0), (0, 0, 255)
@@ -195,3 +195,13 @@ def test_regions_compose_with_batches_coarse_to_fine_and_colour_preservation(con
     both = base.replace(size=128, steps=4, coarse_levels=1, coarse_steps=4, preserve_colors=True)
     out = transfer(content, styles, both, mask=mask, device="cpu")
     assert max(out.image.size) == 128 and out.steps_done == 8
+
+
+def test_a_run_with_regions_or_another_style_cost_goes_untiled_and_says_so_when_that_cannot_fit(monkeypatch):
+    monkeypatch.setenv("STYLELAB_MEMORY_LIMIT_GIB", "4")
+    cpu = torch.device("cpu")
+    assert run_plan([TransferConfig(size=2048)], (512, 384), cpu)[-1].tile_size  # the Gram alone: by tiles
+    for config in (two_styles(size=2048), TransferConfig(size=2048, style_cost="w2")):
+        with pytest.raises(InputError, match="cannot go by tiles"):
+            run_plan([config], (512, 384), cpu)
+    assert not run_plan([two_styles(size=256)], (512, 384), cpu)[-1].tile_size
