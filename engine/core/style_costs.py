@@ -122,7 +122,9 @@ def trace_sqrt_newton_schulz(m: torch.Tensor, iterations: int = NEWTON_SCHULZ_IT
     Dividing by the Frobenius norm puts every eigenvalue in (0, 1], where it converges; matrix products
     only, a fixed number of them, so autograd differentiates through it. An eigenvalue x·‖M‖_F converges
     slowly while x is small (Y_k ≈ √x·√p_k with p_{k+1} = p_k(3 − p_k)²/4, p₀ = x), so small eigenvalues
-    come out short after few iterations (see benchmarks/style_costs.py).
+    come out short after few iterations; and an eigenvalue that round-off puts below 0 diverges (|p_k|
+    grows ×9/4 an iteration): on the sample pair's M in fp32, 40 iterations gave NaN at three layers of
+    five (see benchmarks/style_costs.py).
     """
     n = m.shape[-1]
     norm = m.flatten(1).norm(dim=1).clamp_min(torch.finfo(m.dtype).tiny)  # (B,)
@@ -162,7 +164,7 @@ def w2_cost(
     Precision: Σ_G (the O(n_C²·n_H·n_W) part) is taken in the activation's precision (at least fp32);
     the n_C×n_C stage (M, tr(M^½), the traces) in `precision`, fp64 by default. In fp32, M's round-off
     (~1e-7 of its largest eigenvalue) swamps its small eigenvalues, which weigh most in the gradient
-    (1/(2√λ)): the gradient came out 0.4–4% off the fp64 one on the sample pair, against 3e-6 to 6e-5
+    (1/(2√λ)): the gradient came out 0.3–4% off the fp64 one on the sample pair, against 3e-6 to 6e-5
     with this stage in fp64, for a few ms per layer at n_C ≤ 512 (benchmarks/style_costs.py).
 
     `sqrt` is how tr(M^½) is taken: "eigh" (`trace_sqrt_eigh`, the default: faster, accurate, and
