@@ -24,6 +24,7 @@ from engine.core.samples import sample_path
 from engine.core.style_costs import guided_gram
 from engine.core.transfer import check_batchable, run_plan, transfer, transfer_batch
 from engine.core.vgg import VGGFeatures
+from engine.studies.sweep import SweepAxis, expand, sweepable_params
 
 SKY, TOWN = (255, 0, 0), (0, 0, 255)
 
@@ -205,3 +206,18 @@ def test_a_run_with_regions_or_another_style_cost_goes_untiled_and_says_so_when_
         with pytest.raises(InputError, match="cannot go by tiles"):
             run_plan([config], (512, 384), cpu)
     assert not run_plan([two_styles(size=256)], (512, 384), cpu)[-1].tile_size
+
+
+def test_a_sweep_varies_one_regions_weight_and_names_a_region_that_is_not_there():
+    base = two_styles()
+    assert "region.sky.lambda.relu3_1" in sweepable_params(base) and "region.town.beta" in sweepable_params(base)
+    settings = expand(base, [SweepAxis("region.sky.lambda.relu3_1", ("0.1", "1"))])
+    skies = [config.regions[0] for _, config in settings]
+    assert [dict(sky.lambdas)["relu3_1"] for sky in skies] == [0.1, 1.0]
+    assert dict(skies[0].lambdas)["relu1_1"] == 0.2  # the other layers keep the run's λ
+    assert all(config.regions[1] == base.regions[1] for _, config in settings)  # the town as it was
+    check_batchable([config for _, config in settings])
+    with pytest.raises(InputError, match="no region 'river'"):
+        expand(base, [SweepAxis("region.river.beta", ("1e5", "1e6"))])
+    with pytest.raises(InputError, match=r"region\.<name>\.alpha"):
+        SweepAxis("region.sky.color", ("red",))

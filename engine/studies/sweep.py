@@ -94,9 +94,17 @@ _TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 def sweepable_params(base: TransferConfig | None = None) -> list[str]:
     """Names a sweep axis can take, for a UI's select box: `beta/alpha`, `lambda.<layer>` for the Gatys
-    layers and `base`'s style layers (any VGG19 layer is accepted), then every other knob."""
+    layers and `base`'s style layers (any VGG19 layer is accepted), then every other knob, then the
+    weights of `base`'s styled regions (`region.<name>.beta`, `region.<name>.lambda.<layer>`)."""
     layers = dict.fromkeys([*GATYS_STYLE_LAYERS, *(base.lambdas if base is not None else ())])
-    return [RATIO, *(f"lambda.{layer}" for layer in layers), *_PLAIN_PARAMS]
+    regions = [
+        param
+        for region in (base.regions if base is not None else ())
+        if not region.keeps_content
+        for param in (f"region.{region.name}.beta", *(f"region.{region.name}.lambda.{layer}"
+                                                      for layer in base.region_lambdas(region)))
+    ]  # fmt: skip
+    return [RATIO, *(f"lambda.{layer}" for layer in layers), *_PLAIN_PARAMS, *regions]
 
 
 def _check_param(param: str) -> str:
