@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a region of the mask, repeatable: COLOUR=STYLE[,name=N][,alpha=A][,beta=B], STYLE a style image's "
              "number (1+2 blends two) or keep; e.g. red=1 blue=2,beta=3e6 '#00ff00=keep'",
     )  # fmt: skip
+    parser.add_argument(
+        "--style-mask", dest="style_masks", action="append", default=[], metavar="N=FILE",
+        help="a mask over style image N in the --mask colours: each region takes its style from its own part of "
+             "that image, repeatable",
+    )  # fmt: skip
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--report", metavar="FILE.json", help="write the final costs per layer as JSON")
     parser.add_argument("--no-track", action="store_true", help="do not log the run to MLflow")
@@ -87,6 +92,19 @@ def config_from_args(args: argparse.Namespace) -> TransferConfig:
         raise InputError("--region needs --mask: the mask image whose colours the regions are.")
     regions = tuple(parse_region(text, i + 1) for i, text in enumerate(args.region_specs))
     return TransferConfig.from_params(params).replace(regions=regions)
+
+
+def style_mask_files(args: argparse.Namespace) -> list[str | None]:
+    """`--style-mask N=FILE` flags as one entry per style image (None for one without a mask)."""
+    files: list[str | None] = [None] * len(args.styles)
+    for item in args.style_masks:
+        number, sep, path = item.partition("=")
+        if not sep or not number.strip().isdigit() or not 1 <= int(number) <= len(args.styles):
+            raise InputError(
+                f"--style-mask takes N=FILE with N a style image's number, 1 to {len(args.styles)}; got {item!r}."
+            )
+        files[int(number) - 1] = path
+    return files if any(files) else []
 
 
 def with_mask_regions(config: TransferConfig, mask: Image.Image | None, styles: list[str]) -> TransferConfig:
@@ -147,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
-        inputs = images.Inputs.decode(args.content, args.styles, args.mask)  # decoded once, here at the edge
+        inputs = images.Inputs.decode(args.content, args.styles, args.mask, style_mask_files(args))  # once, here
         config = with_mask_regions(config, inputs.mask_image, args.styles)
         content, styles = inputs.content.image, inputs.style_images
         stop_requested = False
@@ -163,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         if args.no_track:
             result = transfer(content, styles, config, on_step=progress, should_stop=lambda: stop_requested,
-                              device=args.device, mask=inputs.mask_image)  # fmt: skip
+                              device=args.device, mask=inputs.mask_image,
+                              style_masks=inputs.style_mask_images)  # fmt: skip
         else:
             from engine.jobs import tracked_transfer  # MLflow only here
             from engine.tracking import check_reachable, mark_orphaned_runs
@@ -171,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             tracking_uri = check_reachable(args.tracking_uri)
             mark_orphaned_runs(tracking_uri, args.experiment)  # runs of CLI processes that were killed
             ended = tracked_transfer(
-                inputs.content, inputs.styles, config, mask=inputs.mask, tracking_uri=tracking_uri,
+                inputs.content, inputs.styles, config, mask=inputs.mask, style_masks=inputs.style_masks,
+                tracking_uri=tracking_uri,
                 experiment=args.experiment,
                 source="cli", on_step=progress, should_stop=lambda: stop_requested, device=args.device,
                 snapshot_every=args.snapshot_every,

@@ -63,9 +63,11 @@ class GuidedObjective(nn.Module):
         alpha: Weight | Sequence[Weight],
         tv_weight: Weight = 0.0,
         maps: torch.Tensor | None = None,
+        style_maps: Sequence[torch.Tensor | None] = (),
     ):
         """`alpha`: the run's α (one weight) without maps, else one weight per region row of `maps`
-        ((R, 1, H, W) at G's size, summing to 1 at every pixel)."""
+        ((R, 1, H, W) at G's size, summing to 1 at every pixel). `style_maps`: per style image, None or
+        its own region maps at its size: a region's target is then taken over its part of that image."""
         super().__init__()
         self.kind, self.content_layer, self.terms, self.maps = kind, content_layer, list(terms), maps
         device = content_features[content_layer].device
@@ -94,8 +96,17 @@ class GuidedObjective(nn.Module):
                 mask = None if maps is None else layer_maps(maps[term.index : term.index + 1], layer).to(device)
                 share = 1.0 if mask is None else float(mask.mean())
                 self.masks[term.name, layer], self.shares[term.name, layer] = mask, share
-                stats = [style_statistics(kind, style_features[i][layer]) for i in term.styles]
+                stats = [
+                    style_statistics(kind, style_features[i][layer], self._style_weight(style_maps, i, term, layer))
+                    for i in term.styles
+                ]
                 self.targets[term.name, layer] = blend_statistics(kind, stats, term.blend)
+
+    @staticmethod
+    def _style_weight(style_maps, image: int, term: StyleTerm, layer: str) -> torch.Tensor | None:
+        """Region `term`'s map on style image `image` at `layer`, when that image has a mask."""
+        maps = style_maps[image] if image < len(style_maps) else None
+        return None if maps is None or term.index is None else layer_maps(maps[term.index : term.index + 1], layer)
 
     @staticmethod
     def _batch(alpha) -> int:

@@ -283,22 +283,31 @@ class InputImage:
 
 @dataclass(frozen=True, eq=False)
 class Inputs:
-    """A run's content image, its style images and its region mask (`engine.core.regions`) if it has
-    one, each decoded once (`InputImage`)."""
+    """A run's content image, its style images, its region mask (`engine.core.regions`) if it has one,
+    and its style images' masks (one per style image, None for none; or none at all), each decoded once
+    (`InputImage`)."""
 
     content: InputImage
     styles: tuple[InputImage, ...]
     mask: InputImage | None = None
+    style_masks: tuple[InputImage | None, ...] = ()
 
     @classmethod
-    def decode(cls, content: object, styles: Sequence[object], mask: object = None) -> Inputs:
+    def decode(cls, content: object, styles: Sequence[object], mask: object = None,
+               style_masks: Sequence[object] = ()) -> Inputs:  # fmt: skip
         if isinstance(styles, (bytes, str, Image.Image)):
             raise TypeError("styles must be a sequence of images")
         return cls(
             InputImage.decode(content, "content image"),
             tuple(InputImage.decode(s, f"style image {i + 1}") for i, s in enumerate(styles)),
             None if mask is None else InputImage.decode(mask, "mask image"),
-        )
+            tuple(None if m is None else InputImage.decode(m, f"mask of style image {i + 1}")
+                  for i, m in enumerate(style_masks)),
+        )  # fmt: skip
+
+    @property
+    def style_mask_images(self) -> list[Image.Image | None]:
+        return [None if m is None else m.image for m in self.style_masks]
 
     @property
     def style_images(self) -> list[Image.Image]:
@@ -311,7 +320,9 @@ class Inputs:
     @property
     def digests(self) -> tuple[str, ...]:
         """The sha256 of every input, the mask's last: equal digests, equal inputs."""
-        return (self.content.sha256, *(s.sha256 for s in self.styles), *([self.mask.sha256] if self.mask else []))
+        masks = [self.mask.sha256] if self.mask else []
+        masks += [f"style mask {i}:{m.sha256}" for i, m in enumerate(self.style_masks) if m is not None]
+        return (self.content.sha256, *(s.sha256 for s in self.styles), *masks)
 
 
 def fast_png(img: Image.Image) -> bytes:

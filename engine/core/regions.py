@@ -211,13 +211,15 @@ def _is_blend(color: np.ndarray, larger: list[np.ndarray]) -> bool:
     return False
 
 
-def check_mask_fits(mask: Image.Image, content_size: tuple[int, int]) -> None:
-    """InputError unless the mask has the content image's aspect ratio (within 2 %)."""
-    (mw, mh), (cw, ch) = mask.size, content_size
+def check_mask_fits(
+    mask: Image.Image, image_size: tuple[int, int], what: str = "The mask", over: str = "the content image"
+) -> None:
+    """InputError unless the mask has the aspect ratio of the image it is drawn over (within 2 %)."""
+    (mw, mh), (cw, ch) = mask.size, image_size
     if abs(mw / mh - cw / ch) > 0.02 * cw / ch:
         raise InputError(
-            f"The mask is {mw}×{mh} but the content image is {cw}×{ch}: their shapes differ. Draw the mask over "
-            "the content image, at its size or a scaled copy of it."
+            f"{what} is {mw}×{mh} but {over} is {cw}×{ch}: their shapes differ. Draw the mask over {over}, at its "
+            "size or a scaled copy of it."
         )
 
 

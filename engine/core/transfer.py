@@ -218,17 +218,21 @@ def transfer(
     should_stop: Callable[[], bool] | None = None,
     device: str | torch.device | None = None,
     mask: Image.Image | None = None,
+    style_masks: Sequence[Image.Image | None] = (),
 ) -> TransferResult:
     """Style `content` after `styles` (decoded RGB images) with `config`; see `Objective` for J(G), and
-    `GuidedObjective` for a run with regions of `mask` (`config.regions`) or another style cost.
+    `GuidedObjective` for a run with regions of `mask` (`config.regions`) or another style cost. A style
+    image's mask in `style_masks` (one per style image, None for none) says which of its parts each
+    region takes its style from (the same colours as `mask`).
 
     `should_stop()` is polled every iteration; when it returns True the run ends cleanly and the best
     image so far is returned with `stopped="cancelled"`.
     """
     report = None if on_step is None else (lambda reports: on_step(reports[0]))
     return transfer_batch(
-        content, styles, [config], on_step=report, should_stop=should_stop, device=device, mask=mask
-    )[0]
+        content, styles, [config], on_step=report, should_stop=should_stop, device=device, mask=mask,
+        style_masks=style_masks,
+    )[0]  # fmt: skip
 
 
 def transfer_batch(
@@ -240,6 +244,7 @@ def transfer_batch(
     should_stop: Callable[[], bool] | None = None,
     device: str | torch.device | None = None,
     mask: Image.Image | None = None,
+    style_masks: Sequence[Image.Image | None] = (),
 ) -> list[TransferResult]:
     """Optimise one G per config as one batch: the same network passes, per-image costs and per-image
     optimizer state, so each result is what its own `transfer` would give (up to floating-point order).
@@ -253,6 +258,7 @@ def transfer_batch(
     config = configs[0]  # every knob outside BATCH_KNOBS is the same for all
     check_style_images(config.style_blend, len(styles), config.regions)
     check_mask(config, mask, content.size)
+    check_style_masks(config, styles, style_masks)
     device = torch.device(device) if device is not None else pick_device()
     if device.type == "cuda":
         enable_gpu_basics()
@@ -268,6 +274,10 @@ def transfer_batch(
         content_rgb = images.image_to_tensor(images.resize_long_side(content, size)).to(device)
         content_in, styles_in = _network_inputs(content_rgb, styles, config, device)
         maps = region_maps(mask, config.regions, *content_in.shape[-2:]).to(device) if config.regions else None
+        style_maps = [
+            None if m is None else region_maps(m, config.regions, *s.shape[-2:]).to(device)
+            for m, s in zip(style_masks or [None] * len(styles_in), styles_in, strict=True)
+        ]  # fmt: skip
         tiles = tile_grid(*content_in.shape[-2:], plan.tile_size, plan.halo, grid) if plan.tile_size else None
         with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
             if tiles is None:
@@ -281,8 +291,9 @@ def transfer_batch(
                     for s in styles_in
                 ]
             objective = _batch_objective(
-                configs, content_features, style_features, content_in.shape[-2:], style_grams=style_grams, maps=maps
-            )
+                configs, content_features, style_features, content_in.shape[-2:], style_grams=style_grams, maps=maps,
+                style_maps=style_maps,
+            )  # fmt: skip
         if scale == 0:
             starts: dict[tuple, torch.Tensor] = {}  # a λ sweep's images share one G₀ (one AdaIN pass)
             for c in configs:
@@ -307,6 +318,31 @@ def check_mask(config: TransferConfig, mask: Image.Image | None, content_size: t
         raise InputError("A mask image was given but no regions: say which style each of its colours takes.")
     if mask is not None:
         check_mask_fits(mask, content_size)
+
+
+def check_style_masks(
+    config: TransferConfig, styles: Sequence[Image.Image], style_masks: Sequence[Image.Image | None]
+) -> None:
+    """InputError unless style masks come with regions, one per style image (None for none), each of its
+    style image's shape and holding the colour of every region that takes its style from that image."""
+    if not any(m is not None for m in style_masks):
+        return
+    if not config.regions:
+        raise InputError("A style image's mask was given but no regions: style masks go with a mask on the content.")
+    if len(style_masks) != len(styles):
+        raise InputError(f"Give one style mask per style image (none for an image without): got {len(style_masks)} "
+                         f"for {len(styles)} style images.")  # fmt: skip
+    for number, (style, style_mask) in enumerate(zip(styles, style_masks, strict=True), start=1):
+        if style_mask is None:
+            continue
+        check_mask_fits(style_mask, style.size, what=f"The mask of style image {number}", over=f"style image {number}")
+        maps = region_maps(style_mask, config.regions, 64, 64)
+        for index, region in enumerate(config.regions):
+            if number in region.styles and maps[index].sum() == 0:
+                raise InputError(
+                    f"Region {region.name!r} takes style image {number}, but that image's mask has none of the "
+                    f"region's colour {region.hex}. Paint the part it should take in that colour."
+                )
 
 
 def run_plan(configs: Sequence[TransferConfig], content_size: tuple[int, int], device: torch.device) -> list[ScalePlan]:
@@ -348,6 +384,7 @@ def _batch_objective(
     shape: Sequence[int],
     style_grams: list[dict] | None = None,
     maps: torch.Tensor | None = None,
+    style_maps: Sequence[torch.Tensor | None] = (),
 ) -> Objective | GuidedObjective:
     """One Objective for the batch at this scale's (height, width) `shape`: each weight a vector with one
     entry per config (λ = 0 where a config does not use a layer, whose cost it then neither computes nor
@@ -355,7 +392,7 @@ def _batch_objective(
     (`maps`) or a style cost other than the Gram gets a `GuidedObjective`."""
     config = configs[0]
     if not config.tileable:
-        return _guided_objective(configs, content_features, style_features, shape, maps)
+        return _guided_objective(configs, content_features, style_features, shape, maps, style_maps)
     layers = tuple(dict.fromkeys(layer for c in configs for layer in c.lambdas))
     per_image = lambda get: [get(c) for c in configs]  # noqa: E731
     return Objective(
@@ -373,7 +410,7 @@ def _batch_objective(
 
 
 def _guided_objective(
-    configs: Sequence[TransferConfig], content_features: dict, style_features: list[dict], shape, maps
+    configs: Sequence[TransferConfig], content_features: dict, style_features: list[dict], shape, maps, style_maps
 ) -> GuidedObjective:
     """`_batch_objective` for regions or another style cost: one style term per styled region (or one over
     the whole image), each weight one entry per config."""
@@ -406,7 +443,7 @@ def _guided_objective(
             terms.append(term(region.name, index, [s - 1 for s in region.styles], region.blend, regional))
     return GuidedObjective(
         content_features, style_features, kind=config.style_cost, content_layer=config.content_layer,
-        terms=terms, alpha=alpha, tv_weight=per_image(lambda c: c.tv_weight), maps=maps,
+        terms=terms, alpha=alpha, tv_weight=per_image(lambda c: c.tv_weight), maps=maps, style_maps=style_maps,
     )  # fmt: skip
 
 

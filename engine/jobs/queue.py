@@ -37,7 +37,7 @@ from engine.core.config import TransferConfig, check_style_images
 from engine.core.errors import InputError
 from engine.core.images import InputImage, Inputs
 from engine.core.plan import estimate_seconds, gflop_per_step
-from engine.core.transfer import check_batchable, check_mask
+from engine.core.transfer import check_batchable, check_mask, check_style_masks
 from engine.jobs import ownership, worker
 from engine.jobs import preview as previews
 from engine.jobs.backends import make_backend
@@ -76,16 +76,18 @@ class JobSpec:
     tags: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
     owner: str | None = None  # the signed-in user who submits it (tags `owner`, `mlflow.user`)
     mask: InputImage | bytes | None = None  # the regions' mask when `config.regions` (engine.core.regions)
+    style_masks: tuple[InputImage | bytes | None, ...] = ()  # per style image, which part each region takes
 
     def __post_init__(self) -> None:  # decode raw bytes here, once; decoded images pass as they are
-        inputs = Inputs.decode(self.content, self.styles, self.mask)
+        inputs = Inputs.decode(self.content, self.styles, self.mask, self.style_masks)
         object.__setattr__(self, "content", inputs.content)
         object.__setattr__(self, "styles", inputs.styles)
         object.__setattr__(self, "mask", inputs.mask)
+        object.__setattr__(self, "style_masks", inputs.style_masks)
 
     @property
     def inputs(self) -> Inputs:
-        return Inputs(self.content, self.styles, self.mask)
+        return Inputs(self.content, self.styles, self.mask, self.style_masks)
 
 
 @dataclass(frozen=True)
@@ -312,6 +314,7 @@ class JobQueue:
         for spec in specs:
             check_style_images(spec.config.style_blend, len(inputs.styles), spec.config.regions)
             check_mask(spec.config, inputs.mask_image, inputs.content.image.size)
+            check_style_masks(spec.config, inputs.style_images, inputs.style_mask_images)
         check_batchable([spec.config for spec in specs])
         self.wait_started()
         uri = tracking.check_reachable(self.tracking_uri)
@@ -433,6 +436,8 @@ class JobQueue:
         self._check_open()
         check_style_images(config.style_blend, len(inputs.styles), config.regions)
         check_mask(config, inputs.mask_image, inputs.content.image.size)
+        if any(m is not None for m in inputs.style_masks):
+            raise InputError("Live previews do not take masks on the style images; press Run to see this setting.")
         small = previews.preview_config(config)
         # the mask, when there is one, goes last: the preview reads it back by its config's regions
         pngs = [(i.sha256, i.png) for i in (inputs.content, *inputs.styles, *([inputs.mask] if inputs.mask else []))]

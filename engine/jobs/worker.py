@@ -148,7 +148,8 @@ def run_batch(
     error: str | None = None
     try:
         results = transfer_batch(inputs.content.image, inputs.style_images, configs, on_step=on_step,
-                                 should_stop=should_stop, device=device, mask=inputs.mask_image)  # fmt: skip
+                                 should_stop=should_stop, device=device, mask=inputs.mask_image,
+                                 style_masks=inputs.style_mask_images)  # fmt: skip
     except InputError as e:
         error = str(e)
     except Exception as e:
@@ -257,6 +258,7 @@ def tracked_transfer(
     flush_every: int = 25,
     run_name: str | None = None,
     mask: object = None,
+    style_masks: Sequence[object] = (),
     fallback_dir: str | None = None,
     quality: bool = True,
 ) -> Ended:
@@ -268,7 +270,7 @@ def tracked_transfer(
 
     uri = check_reachable(tracking_uri)
     dev = str(pick_device(device))
-    decoded = Inputs.decode(content, styles, mask)
+    decoded = Inputs.decode(content, styles, mask, style_masks)
     run_id = create_run(uri, experiment, config, decoded, source=source, status="RUNNING", run_name=run_name,
                         device=dev)  # fmt: skip
 

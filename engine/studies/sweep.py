@@ -394,6 +394,7 @@ def submit_sweep(
     poll_s: float = 0.25,
     owner: str | None = None,
     mask: images.InputImage | bytes | None = None,
+    style_masks: Sequence[images.InputImage | bytes | None] = (),
 ) -> SweepHandle:
     """Submit one parent run and one child run per setting of `expand(base, axes)` (same inputs and
     seed, unless swept), in row-major order, and return at once. Settings that can share a batch run as
@@ -403,7 +404,7 @@ def submit_sweep(
     `finalise_group`). `owner`: the signed-in user who starts it, owner of the parent and every child."""
     axes = list(axes)
     settings = expand(base, axes)
-    inputs = images.Inputs.decode(content, styles, mask)  # once, for every child
+    inputs = images.Inputs.decode(content, styles, mask, style_masks)  # once, for every child
     content, styles = inputs.content, inputs.styles
     content_size = content.image.size
     for labels, config in settings:
@@ -461,6 +462,7 @@ def submit_sweep(
                 tags=child_tags,
                 owner=owner,
                 mask=inputs.mask,
+                style_masks=inputs.style_masks,
             )
         )
     run_ids: dict[int, str] = {}  # setting index -> run id

@@ -20,7 +20,7 @@ from mlflow.entities import Run, ViewType
 from engine.core.config import TransferConfig
 from engine.core.errors import InputError
 from engine.core.images import Inputs
-from engine.tracking.schema import DEFAULT_EXPERIMENT, DELETE_TAG, IMAGE_KEY, check_run_id
+from engine.tracking.schema import DEFAULT_EXPERIMENT, DELETE_TAG, IMAGE_KEY, check_run_id, style_mask_artifact
 from engine.tracking.store import local_path, resolve_tracking_uri, short_error
 
 # --------------------------------------------------------------------------------------------------
@@ -254,4 +254,10 @@ def load_inputs(tracking_uri: str | None, run_id: str) -> Inputs:
     if run.data.params.get("regions", "none") != "none":
         names.append("inputs/mask.png")
     data = [Path(download_artifact(uri, run_id, name)).read_bytes() for name in names]
-    return Inputs.decode(data[0], data[1 : count + 1], data[count + 1] if len(data) > count + 1 else None)
+    masked = {int(n) - 1 for n in run.data.params.get("style_masks", "").split(",") if n}
+    style_masks = [
+        Path(download_artifact(uri, run_id, style_mask_artifact(i))).read_bytes() if i in masked else None
+        for i in range(count)
+    ] if masked else []  # fmt: skip
+    return Inputs.decode(data[0], data[1 : count + 1], data[count + 1] if len(data) > count + 1 else None,
+                         style_masks)  # fmt: skip

@@ -62,6 +62,7 @@ from engine.tracking.schema import (
     SOURCES,
     THUMBNAIL_SIZE,
     USER_TAG,
+    style_mask_artifact,
 )
 from engine.tracking.store import (
     default_fallback_root,
@@ -141,6 +142,7 @@ def create_run(
         "sha256.content": inputs.content.sha256,
         **{f"sha256.style.{i}": s.sha256 for i, s in enumerate(inputs.styles)},
         **({"sha256.mask": inputs.mask.sha256} if inputs.mask else {}),
+        **{f"sha256.style_mask.{i}": m.sha256 for i, m in enumerate(inputs.style_masks) if m is not None},
         **_device_tags(device),
         "torch_version": torch.__version__,
         "stylelab_version": str(getattr(engine, "__version__", "0.1.0")),
@@ -165,6 +167,8 @@ def create_run(
         if status == "SCHEDULED":
             client.update_run(run_id, status="SCHEDULED")
         params = config.to_params() | {"style_images": str(len(inputs.styles))} | effective_params(config, inputs)
+        if masked := [str(i + 1) for i, m in enumerate(inputs.style_masks) if m is not None]:
+            params["style_masks"] = ",".join(masked)  # the style images with a mask, by number
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):
             client.log_batch(run_id, params=items[i : i + 100], synchronous=True)
@@ -174,6 +178,9 @@ def create_run(
                 (Path(folder) / ("style.png" if i == 0 else f"style_{i}.png")).write_bytes(style.png)
             if inputs.mask is not None:
                 (Path(folder) / "mask.png").write_bytes(inputs.mask.png)
+            for i, style_mask in enumerate(inputs.style_masks):
+                if style_mask is not None:
+                    (Path(folder) / style_mask_artifact(i).removeprefix("inputs/")).write_bytes(style_mask.png)
             client.log_artifacts(run_id, folder, "inputs")
         client.log_text(run_id, config.to_json(), "config.json")
     except Exception as e:

@@ -57,3 +57,8 @@ def check_run_id(text: object) -> str:
         f"{shown_id(text)} is not a run id: run ids are 32 hexadecimal characters (0-9, a-f), as in a run "
         "page's address. Check the link, or open the Runs page and pick the run there."
     )
+
+
+def style_mask_artifact(index: int) -> str:
+    """Where the mask of style image `index` (0-based) is stored, beside `inputs/style.png`/`style_<i>.png`."""
+    return "inputs/style_mask.png" if index == 0 else f"inputs/style_mask_{index}.png"
