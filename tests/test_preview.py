@@ -10,13 +10,21 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from engine.core.config import TransferConfig
-from engine.core.images import Inputs
+from engine.core.images import InputImage, Inputs
+from engine.core.regions import Region
 from engine.jobs import JobSpec
 from engine.jobs.ledger import Ledger, owner_id
-from engine.jobs.preview import PREVIEW_SIZE, PREVIEW_STEPS, PreviewRunner, preview_config, preview_key
+from engine.jobs.preview import (
+    PREVIEW_SIZE,
+    PREVIEW_STEPS,
+    PreviewRunner,
+    preview_config,
+    preview_images,
+    preview_key,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -30,8 +38,7 @@ def inputs(content_png, style_png) -> Inputs:
 
 def _queue_preview(ledger: Ledger, slot: str, config: TransferConfig, inputs: Inputs, debounce_s: float = 0.0) -> str:
     small = preview_config(config)
-    pngs = [(inputs.content.sha256, inputs.content.png), *((s.sha256, s.png) for s in inputs.styles)]
-    return ledger.add_preview(slot, preview_key(small, inputs), small.to_json(), pngs, debounce_s)
+    return ledger.add_preview(slot, preview_key(small, inputs), small.to_json(), preview_images(inputs), debounce_s)
 
 
 def _wait(condition, timeout_s: float = 120.0, every_s: float = 0.05):
@@ -76,6 +83,21 @@ def test_a_runner_renders_a_preview_and_the_same_settings_are_not_rendered_twice
     assert Image.open(io.BytesIO(row.result)).size == (32, 24)
     assert _queue_preview(ledger, "b", SMALL, inputs) == preview_id  # already rendered: returned as it is
     assert not runner.idle(batch_waiting=lambda: False)  # nothing waits
+
+
+def test_a_preview_with_regions_takes_its_mask_along(tmp_path, inputs):
+    mask = Image.new("RGB", inputs.content.image.size, (255, 0, 0))
+    ImageDraw.Draw(mask).rectangle([0, 0, 20, 48], fill=(0, 0, 255))
+    masked = Inputs(inputs.content, (*inputs.styles, inputs.styles[0]), InputImage.decode(mask))
+    regions = (Region("red", (255, 0, 0), (1,)), Region("blue", (0, 0, 255), ()))
+    config = SMALL.replace(regions=regions, steps=5, coarse_levels=0)
+    assert preview_key(config, masked) != preview_key(config, Inputs(masked.content, masked.styles))
+    ledger = Ledger(tmp_path / "queue.db")
+    preview_id = _queue_preview(ledger, "a", config, masked)
+    assert PreviewRunner(ledger, "cpu", owner_id()).idle(batch_waiting=lambda: False)
+    row = ledger.preview(preview_id)
+    assert row.state == "done", row.error
+    assert Image.open(io.BytesIO(row.result)).size == (32, 24)
 
 
 def test_between_batches_a_waiting_full_batch_lets_at_most_one_preview_go_first(tmp_path, inputs):

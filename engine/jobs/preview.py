@@ -62,6 +62,12 @@ def preview_key(config: TransferConfig, inputs: Inputs) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
+def preview_images(inputs: Inputs) -> list[tuple[str, bytes]]:
+    """(sha256, PNG) of a preview's images as the ledger keeps them: the content, the styles, then the
+    mask when there is one (the runner takes it back off by the config's regions)."""
+    return [(i.sha256, i.png) for i in (inputs.content, *inputs.styles, *([inputs.mask] if inputs.mask else []))]
+
+
 class PreviewRunner:
     """A worker's previews: claims them from the ledger by the rule of the module's docstring and runs them
     on the worker's device. `idle()` runs between batches, `between_steps(elapsed_s)` inside one."""

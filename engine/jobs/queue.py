@@ -439,10 +439,8 @@ class JobQueue:
         if any(m is not None for m in inputs.style_masks):
             raise InputError("Live previews do not take masks on the style images; press Run to see this setting.")
         small = previews.preview_config(config)
-        # the mask, when there is one, goes last: the preview reads it back by its config's regions
-        pngs = [(i.sha256, i.png) for i in (inputs.content, *inputs.styles, *([inputs.mask] if inputs.mask else []))]
-        preview_id = self.ledger.add_preview(slot, previews.preview_key(small, inputs), small.to_json(), pngs,
-                                             previews.DEBOUNCE_S)  # fmt: skip
+        preview_id = self.ledger.add_preview(slot, previews.preview_key(small, inputs), small.to_json(),
+                                             previews.preview_images(inputs), previews.DEBOUNCE_S)  # fmt: skip
         with self._lock:
             self._wake.notify_all()
         self._pool.notify()
