@@ -121,7 +121,11 @@ except InputError as exc:
     input_error(exc)
 with st.expander("Regions: give parts of the content their own styles", expanded=bool(defaults.regions)):
     config, mask = regions_ui(config, content, len(styles), cloned_inputs.mask if cloned_inputs else None)
-inputs = images.Inputs(inputs.content, inputs.styles, mask)
+# A cloned run's masks on its style images (command line only) go with its style images, as they were.
+style_masks = cloned_inputs.style_masks if cloned_inputs and not (style_files or sample_styles) and mask else ()
+if any(m is not None for m in style_masks):
+    st.caption("The cloned run's masks on its style images are kept: each region takes its own part of them.")
+inputs = images.Inputs(inputs.content, inputs.styles, mask, style_masks)
 
 estimate, fits = estimate_caption(config, content.height / content.width)
 (st.caption if fits else st.warning)(estimate)  # when it does not fit, the estimate says what to do
@@ -159,7 +163,8 @@ def refused(exc: InputError) -> None:
 if st.button("Run", type="primary", disabled=not fits, key="run_pressed"):
     try:
         run_id = job_queue().submit(JobSpec(config=config, content=inputs.content, styles=inputs.styles,
-                                            mask=inputs.mask, owner=auth.owner()))  # fmt: skip
+                                            mask=inputs.mask, style_masks=inputs.style_masks,
+                                            owner=auth.owner()))  # fmt: skip
     except InputError as exc:
         refused(exc)
     st.switch_page("views/runs.py", query_params={"run": run_id})
@@ -188,7 +193,8 @@ with st.expander("Sweep: vary one or two settings over a list or a grid"):
     if st.button("Run sweep", disabled=not settings or not fits, key="sweep_pressed"):
         try:
             handle = submit_sweep(job_queue(), config, [SweepAxis(p, v) for p, v in axes], inputs.content,
-                                  inputs.styles, owner=auth.owner(), mask=inputs.mask)  # fmt: skip
+                                  inputs.styles, owner=auth.owner(), mask=inputs.mask,
+                                  style_masks=inputs.style_masks)  # fmt: skip
         except InputError as exc:
             refused(exc)
         st.switch_page("views/sweep.py", query_params={"run": handle.parent_run_id})
