@@ -39,9 +39,10 @@ COSTS = ("gram", "w2", "sliced")
 
 
 def _load(name: str) -> Image.Image:
-    local = sample_path(name)
-    path = local if local.exists() else next(SHARED.glob(f"*/{name}"))
-    return images.load_image(path)
+    try:
+        return images.load_image(sample_path(name))
+    except FileNotFoundError:
+        return images.load_image(next(SHARED.glob(f"*/{name}")))
 
 
 def _pairs() -> list[tuple[str, str]]:
@@ -79,6 +80,12 @@ def calibrate() -> None:
 def grid(betas: dict[str, float]) -> None:
     folder = RESULTS / "style_cost_grid"
     folder.mkdir(parents=True, exist_ok=True)
+    log = RESULTS / "style_cost_grid.jsonl"
+    done = {}  # results already measured are read back, not run again
+    if log.exists():
+        for line in log.read_text().splitlines():
+            row = json.loads(line)
+            done[row["content"], row["style"], row["style_cost"]] = row
     cell = 200
     pairs = _pairs()
     sheet = Image.new("RGB", (5 * (cell + 6), len(pairs) * (cell + 40)), "white")
@@ -88,13 +95,17 @@ def grid(betas: dict[str, float]) -> None:
         shown = [content, style]
         notes = [content_name.removesuffix(".jpg"), style_name.removesuffix(".jpg")]
         for kind in COSTS:
-            config = TransferConfig(style_cost=kind, beta=betas[kind])
-            image, figures = _run(content, style, config)
-            line = {"content": content_name, "style": style_name, "style_cost": kind, "beta": betas[kind]} | figures
-            print(json.dumps(line))
-            with (RESULTS / "style_cost_grid.jsonl").open("a") as f:
-                f.write(json.dumps(line) + "\n")
-            image.save(folder / f"{content_name[:-4]}-{style_name[:-4]}-{kind}.png")
+            saved = folder / f"{content_name[:-4]}-{style_name[:-4]}-{kind}.png"
+            if (content_name, style_name, kind) in done and saved.exists():
+                image, figures = Image.open(saved).convert("RGB"), done[content_name, style_name, kind]
+            else:
+                config = TransferConfig(style_cost=kind, beta=betas[kind])
+                image, figures = _run(content, style, config)
+                line = {"content": content_name, "style": style_name, "style_cost": kind, "beta": betas[kind]}
+                print(json.dumps(line | figures))
+                with log.open("a") as f:
+                    f.write(json.dumps(line | figures) + "\n")
+                image.save(saved)
             shown.append(image)
             notes.append(f"{kind} {figures['style_reduction']:.1f}x/{figures['style_reduction_w2']:.1f}x "
                          f"kept {figures['content_kept']:.2f}, {figures['seconds']:.0f}s")  # fmt: skip
