@@ -12,7 +12,7 @@ from streamlit_drawable_canvas import st_canvas
 from engine.core import images
 from engine.core.config import TransferConfig
 from engine.core.errors import InputError
-from engine.core.regions import Region, check_mask_fits, color_name, mask_colors, mask_overlay
+from engine.core.regions import Region, check_mask_fits, color_name, hex_color, mask_colors, mask_overlay
 from views.uploads import UPLOAD_LIMITS, UPLOAD_TYPES
 
 KEEP = "keep as is"
@@ -86,11 +86,12 @@ def regions_ui(
     regions = []
     with right:
         for i, (color, share) in enumerate(colors):
-            hex_ = Region("x", color).hex
+            hex_ = hex_color(color)
             old = before.get(color)
             default = options[min(i, n_styles - 1)]
-            if old:
+            if old:  # a cloned run's choice, while that style image is still here
                 default = KEEP if old.keeps_content else f"style {old.styles[0]}"
+                default = default if default in options else options[0]
             name_col, style_col, weight_col = st.columns([2, 2, 2])
             name = name_col.text_input(
                 f"Region {i + 1}", value=old.name if old else color_name(color, i + 1),

@@ -48,7 +48,7 @@ class Region:
 
     @property
     def hex(self) -> str:
-        return "#{:02x}{:02x}{:02x}".format(*self.color)
+        return hex_color(self.color)
 
     def checked(self, style_count: int | None = None) -> Region:
         """This region validated (InputError naming the region), its λ in network order."""
@@ -82,6 +82,11 @@ class Region:
             self.name, color, styles, blend,
             None if self.alpha is None else float(self.alpha), None if self.beta is None else float(self.beta), lambdas,
         )  # fmt: skip
+
+
+def hex_color(color: tuple[int, int, int]) -> str:
+    """"#rrggbb" of an (r, g, b) colour."""
+    return "#{:02x}{:02x}{:02x}".format(*color)
 
 
 def parse_color(value: object, what: str = "A region") -> tuple[int, int, int]:
@@ -264,7 +269,7 @@ def regions_in_order(mask: Image.Image, style_count: int) -> tuple[Region, ...]:
     InputError unless there are as many style images as colours."""
     colors = mask_colors(mask)
     if len(colors) != style_count:
-        listed = ", ".join(f"{Region('x', c).hex} ({share:.0%})" for c, share in colors)
+        listed = ", ".join(f"{hex_color(c)} ({share:.0%})" for c, share in colors)
         raise InputError(
             f"The mask has {len(colors)} colours ({listed}) but {style_count} style images were given. Give one "
             "style image per colour, largest region first, or say which style each colour takes."
