@@ -47,3 +47,14 @@ def put_from_page(page, url: str, size: int, xsrf_token: str | None) -> int:
         }""",
         [url, size, xsrf_token],
     )
+
+
+def upload_inputs(page, content: Path, styles: list[Path]) -> None:
+    """Upload the content image, then (once the server has it, as the page asks) the style images, and wait
+    for the last style's thumbnail caption. Uploading both at once lost an upload in CI (stop 20)."""
+    page.get_by_text("Upload a content image").wait_for()
+    uploads = page.locator("input[type=file]")
+    uploads.nth(0).set_input_files(str(content))
+    page.get_by_text("The server has your content image").wait_for()
+    uploads.nth(1).set_input_files([str(s) for s in styles])
+    page.get_by_text(f"style {len(styles)}, ").first.wait_for()

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from browser_helpers import BROWSER_TEST, set_number, shot
+from browser_helpers import BROWSER_TEST, set_number, shot, upload_inputs
 
 from engine.core.samples import sample_path
 
@@ -32,11 +32,7 @@ def test_upload_run_watch_progress_and_reopen_the_permalink(server, browser):
     page = context.new_page()
     page.set_default_timeout(60_000)
     page.goto(server)
-    page.get_by_text("Upload a content image").wait_for()
-    uploads = page.locator("input[type=file]")
-    uploads.nth(0).set_input_files(str(sample_path("tubingen.jpg")))
-    page.get_by_text("The server has your content image").wait_for()  # then the style, as the page asks
-    uploads.nth(1).set_input_files(str(sample_path("starry_night.jpg")))
+    upload_inputs(page, sample_path("tubingen.jpg"), [sample_path("starry_night.jpg")])
     page.get_by_text("content, 512×384").wait_for()  # thumbnails, captioned with the decoded size
     page.get_by_text("Estimate on").wait_for()
     set_number(page, "Size (long side, px)", 6000)  # print size: the estimate shows the tiled plan

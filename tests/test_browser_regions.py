@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from browser_helpers import BROWSER_TEST, set_number, shot
+from browser_helpers import BROWSER_TEST, set_number, shot, upload_inputs
 from mlflow import MlflowClient
 from PIL import Image, ImageDraw
 
@@ -39,12 +39,7 @@ def test_upload_a_mask_give_each_region_a_style_run_and_compare(server, store, b
     page = context.new_page()
     page.set_default_timeout(60_000)
     page.goto(server)
-    page.get_by_text("Upload a content image").wait_for()
-    uploads = page.locator("input[type=file]")
-    uploads.nth(0).set_input_files(str(sample_path("tubingen.jpg")))
-    page.get_by_text("The server has your content image").wait_for()
-    uploads.nth(1).set_input_files([str(sample_path("starry_night.jpg")), str(sample_path("the_scream.jpg"))])
-    page.get_by_text("style 2, 402×512").wait_for()
+    upload_inputs(page, sample_path("tubingen.jpg"), [sample_path("starry_night.jpg"), sample_path("the_scream.jpg")])
     set_number(page, "Size (long side, px)", 96)
     set_number(page, "Steps", 20)
     page.get_by_text("Regions: give parts of the content their own styles").click()
@@ -84,12 +79,7 @@ def test_paint_a_region_over_the_content_and_run_it(server, store, browser):
     page = context.new_page()
     page.set_default_timeout(60_000)
     page.goto(server)
-    page.get_by_text("Upload a content image").wait_for()
-    uploads = page.locator("input[type=file]")
-    uploads.nth(0).set_input_files(str(sample_path("tubingen.jpg")))
-    page.get_by_text("The server has your content image").wait_for()
-    uploads.nth(1).set_input_files([str(sample_path("starry_night.jpg")), str(sample_path("the_scream.jpg"))])
-    page.get_by_text("style 2, 402×512").wait_for()
+    upload_inputs(page, sample_path("tubingen.jpg"), [sample_path("starry_night.jpg"), sample_path("the_scream.jpg")])
     set_number(page, "Size (long side, px)", 64)
     set_number(page, "Steps", 5)
     page.get_by_text("Regions: give parts of the content their own styles").click()
