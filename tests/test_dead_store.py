@@ -189,7 +189,10 @@ def test_the_app_answers_while_its_server_is_down_and_writes_the_run_back_when_i
         every = list(range(1, BROWSER_CONFIG.steps + 1))
         assert _steps(client, run_id, "cost/total") == every
         assert {"result.png", "thumbnail.png"} <= {f.path for f in client.list_artifacts(run_id)}
-        assert tracking.is_written_back(tmp_path / folder)
+        deadline = time.monotonic() + 10  # the marker is written just after the run's status (replay.write_back)
+        while not tracking.is_written_back(tmp_path / folder):
+            assert time.monotonic() < deadline, "the run is FINISHED but its folder is not marked written back"
+            time.sleep(0.1)
 
         fresh = browser.new_page()
         fresh.goto(f"{url}/runs?run={run_id}")
