@@ -29,20 +29,27 @@ def server(store, start_streamlit):
     return start_streamlit(store)
 
 
+def open_regions(browser, server: str, size: int, steps: int, height: int):
+    """A new page of the studio with Tübingen and two styles (The Starry Night, The Scream) at `size` px and
+    `steps` iterations, its Regions expander open: (context, page)."""
+    context = browser.new_context(viewport={"width": 1400, "height": height})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(server)
+    upload_inputs(page, sample_path("tubingen.jpg"), [sample_path("starry_night.jpg"), sample_path("the_scream.jpg")])
+    set_number(page, "Size (long side, px)", size)
+    set_number(page, "Steps", steps)
+    page.get_by_text("Regions: give parts of the content their own styles").click()
+    return context, page
+
+
 def test_upload_a_mask_give_each_region_a_style_run_and_compare(server, store, browser, tmp_path):
     mask_path = tmp_path / "mask.png"
     mask = Image.new("RGB", (512, 384), (255, 0, 0))  # the sky red, the town and river blue
     ImageDraw.Draw(mask).rectangle([0, 200, 512, 384], fill=(0, 0, 255))
     mask.save(mask_path)
 
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    page.goto(server)
-    upload_inputs(page, sample_path("tubingen.jpg"), [sample_path("starry_night.jpg"), sample_path("the_scream.jpg")])
-    set_number(page, "Size (long side, px)", 96)
-    set_number(page, "Steps", 20)
-    page.get_by_text("Regions: give parts of the content their own styles").click()
+    context, page = open_regions(browser, server, size=96, steps=20, height=1000)
     page.get_by_text("No mask: the whole image takes the style").wait_for()
     page.locator("[data-testid=stExpander] input[type=file]").set_input_files(str(mask_path))
     overlay = page.get_by_text(re.compile(r"The regions over the content image: red #ff0000, blue #0000ff"))
@@ -75,14 +82,7 @@ def test_upload_a_mask_give_each_region_a_style_run_and_compare(server, store, b
 
 
 def test_paint_a_region_over_the_content_and_run_it(server, store, browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1200})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    page.goto(server)
-    upload_inputs(page, sample_path("tubingen.jpg"), [sample_path("starry_night.jpg"), sample_path("the_scream.jpg")])
-    set_number(page, "Size (long side, px)", 64)
-    set_number(page, "Steps", 5)
-    page.get_by_text("Regions: give parts of the content their own styles").click()
+    context, page = open_regions(browser, server, size=64, steps=5, height=1200)
     page.get_by_text("painting over the content").click()
     page.get_by_text("Paint a region over the content image").wait_for()
     canvas = page.locator("canvas.upper-canvas").first  # Fabric.js's event layer, over the content

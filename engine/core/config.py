@@ -159,10 +159,10 @@ class TransferConfig:
         set_("params_version", _integer("params_version", self.params_version, 1, PARAMS_VERSIONS[-1]))
         set_("style_cost", _choice("style_cost", self.style_cost, STYLE_COSTS))
         set_("regions", check_regions(self.regions))
-        if self.regions and self.tile_size not in ("auto", "0"):
-            raise InputError("A run with regions goes untiled: set tile_size to auto or 0, or remove the mask.")
-        if self.style_cost != "gram" and self.tile_size not in ("auto", "0"):
-            raise InputError(f"The {self.style_cost} style cost goes untiled: set tile_size to auto or 0, or use gram.")
+        if not self.tileable and self.tile_size not in ("auto", "0"):
+            what = "A run with regions" if self.regions else f"The {self.style_cost} style cost"
+            other = "remove the mask" if self.regions else "use gram"
+            raise InputError(f"{what} goes untiled: set tile_size to auto or 0, or {other}.")
 
     @property
     def lambdas(self) -> dict[str, float]:

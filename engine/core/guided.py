@@ -69,7 +69,7 @@ class GuidedObjective(nn.Module):
         ((R, 1, H, W) at G's size, summing to 1 at every pixel). `style_maps`: per style image, None or
         its own region maps at its size: a region's target is then taken over its part of that image."""
         super().__init__()
-        self.kind, self.content_layer, self.terms, self.maps = kind, content_layer, list(terms), maps
+        self.kind, self.content_layer, self.terms = kind, content_layer, list(terms)
         device = content_features[content_layer].device
         self._weight = lambda value: torch.as_tensor(value, dtype=torch.float32, device=device)
         self.content_target = _at_least_fp32(content_features[content_layer].detach())
@@ -128,9 +128,9 @@ class GuidedObjective(nn.Module):
         def pick(value: torch.Tensor) -> torch.Tensor:
             return value[images] if value.dim() else value
 
-        diff = _at_least_fp32(features[self.content_layer]) - self.content_target
         content = content_cost(features[self.content_layer], self.content_target)
         if self.alpha.dim() == 4:  # ½·Σ α_ij·‖Δa_ij‖², per image
+            diff = _at_least_fp32(features[self.content_layer]) - self.content_target
             weighted_content = 0.5 * (self.alpha[images] * diff.pow(2)).flatten(1).sum(1)
         else:
             weighted_content = pick(self.alpha) * content

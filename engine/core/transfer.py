@@ -350,10 +350,10 @@ def run_plan(configs: Sequence[TransferConfig], content_size: tuple[int, int], d
     content image of `content_size` (width, height). Raises InputError when a scale cannot fit."""
     config, per_pass = configs[0], images_per_pass(device, len(configs))
     plans = []
+    untiled = [c if c.tileable else c.replace(tile_size="0") for c in configs]  # only the Gram cost tiles
     for size, _ in config.schedule:
         width, height = images.long_side_size(content_size, size)
         # every config of a batch shares the layers that decide the memory, except their depth: the deepest
-        untiled = [c if c.tileable else c.replace(tile_size="0") for c in configs]
         plan = max((plan_scale(c, height, width, device, len(configs), per_pass) for c in untiled),
                    key=lambda p: p.bytes)  # fmt: skip
         if not plan.tile_size:  # only a run that may not tile can get here without fitting

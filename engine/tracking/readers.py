@@ -251,13 +251,9 @@ def load_inputs(tracking_uri: str | None, run_id: str) -> Inputs:
     run = _get_run(MlflowClient(uri), run_id)
     count = int(run.data.params.get("style_images", "1"))
     names = ["inputs/content.png", "inputs/style.png", *(f"inputs/style_{i}.png" for i in range(1, count))]
-    if run.data.params.get("regions", "none") != "none":
-        names.append("inputs/mask.png")
-    data = [Path(download_artifact(uri, run_id, name)).read_bytes() for name in names]
+    read = lambda name: Path(download_artifact(uri, run_id, name)).read_bytes()  # noqa: E731
+    content, *styles = (read(name) for name in names)
+    mask = read("inputs/mask.png") if run.data.params.get("regions", "none") != "none" else None
     masked = {int(n) - 1 for n in run.data.params.get("style_masks", "").split(",") if n}
-    style_masks = [
-        Path(download_artifact(uri, run_id, style_mask_artifact(i))).read_bytes() if i in masked else None
-        for i in range(count)
-    ] if masked else []  # fmt: skip
-    return Inputs.decode(data[0], data[1 : count + 1], data[count + 1] if len(data) > count + 1 else None,
-                         style_masks)  # fmt: skip
+    style_masks = [read(style_mask_artifact(i)) if i in masked else None for i in range(count)] if masked else []
+    return Inputs.decode(content, styles, mask, style_masks)
