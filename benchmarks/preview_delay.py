@@ -54,13 +54,14 @@ def main() -> None:
         def full_run(dragging: bool) -> tuple[float, int]:
             start = time.perf_counter()
             run_id = queue.submit(JobSpec(config=base, content=inputs.content, styles=inputs.styles))
-            asked, k = [], 0
+            asked, next_ask = [], start
+            # polled every 50 ms (not every `every` s, which would round the run's time up to a multiple of it)
             while not (p := queue.progress(run_id)) or not p.done:
-                if dragging:
-                    k += 1
-                    asked.append(queue.submit_preview("bench", base.replace(style_layers={"relu3_1": 0.01 * k}),
-                                                      inputs))  # fmt: skip
-                time.sleep(args.every)
+                if dragging and time.perf_counter() >= next_ask:
+                    next_ask += args.every
+                    setting = base.replace(style_layers={"relu3_1": 0.01 * (len(asked) + 1)})  # a λ slider moved
+                    asked.append(queue.submit_preview("bench", setting, inputs))
+                time.sleep(0.05)
             seconds = time.perf_counter() - start
             rendered = sum(queue.preview(i).state == "done" for i in asked)
             return seconds, rendered
