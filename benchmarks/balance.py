@@ -101,8 +101,8 @@ def engine_run(content: Image.Image, style: Image.Image, size: int, setting: str
     original = transfer_module.initial_image
     if start:  # a benchmark-only start, in place of the engine's AdaIN one
 
-        def initial_image(cfg, content_t, styles_t):
-            adain = original(cfg, content_t, styles_t)
+        def initial_image(cfg, content_t, styles_t, *region_maps):
+            adain = original(cfg, content_t, styles_t, *region_maps)
             if start == "colour":
                 return _colour_matched(adain, styles_t[0])
             return 0.5 * adain + 0.5 * content_t

@@ -4,6 +4,7 @@ read and write the MLflow store themselves; progress and cancel go through the s
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import secrets
 import subprocess
@@ -23,9 +24,11 @@ os.environ.update(LOOPBACK)
 ray = pytest.importorskip("ray")
 
 from conftest import free_port  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from engine import tracking  # noqa: E402
 from engine.core.config import TransferConfig  # noqa: E402
+from engine.core.images import Inputs  # noqa: E402
 from engine.jobs import JobSpec  # noqa: E402
 
 pytestmark = [pytest.mark.slow]
@@ -137,3 +140,20 @@ def test_cancel_reaches_a_remote_job(ray_cluster, uri, make_queue, content_png, 
     assert len(costs(uri, run_id)) < 2000
     assert Path(tracking.download_artifact(uri, run_id, "result.png")).stat().st_size > 0
     wait_for(lambda: queue.ledger.state(run_id) == "done", "the ledger to settle", timeout_s=10)
+
+
+def test_a_live_preview_renders_as_a_ray_task_and_a_newer_one_cancels_it(ray_cluster, uri, make_queue, content_png,
+                                                                          style_png):  # fmt: skip
+    queue = make_queue(uri, backend="ray", devices=None)
+    inputs = Inputs.decode(content_png, [style_png])
+    setting = TransferConfig(size=96, coarse_levels=0)
+    first = queue.submit_preview("session", setting, inputs)
+    wait_for(lambda: queue.preview(first).state == "running", "the first preview to start on a slot", every_s=0.05)
+    newer = queue.submit_preview("session", setting.replace(style_layers={"relu3_1": 1.0}), inputs)
+    assert queue.preview(first).state == "abandoned"  # the driver cancels its Ray task
+    done = wait_for(lambda: (p := queue.preview(newer)).state in ("done", "failed") and p, "the newer preview")
+    assert done.state == "done", done.error
+    image = Image.open(io.BytesIO(done.result))
+    assert max(image.size) == 96  # the setting's own size, under the preview's 128 px
+    assert len(tracking.list_runs(uri)) == 0  # a preview is not an MLflow run
+    assert queue.preview(first).state == "abandoned"

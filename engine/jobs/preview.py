@@ -38,6 +38,7 @@ __all__ = [
     "PreviewRunner",
     "preview_config",
     "preview_key",
+    "render_preview",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,12 +69,43 @@ def preview_images(inputs: Inputs) -> list[tuple[str, bytes]]:
     return [(i.sha256, i.png) for i in (inputs.content, *inputs.styles, *([inputs.mask] if inputs.mask else []))]
 
 
-class PreviewRunner:
-    """A worker's previews: claims them from the ledger by the rule of the module's docstring and runs them
-    on the worker's device. `idle()` runs between batches, `between_steps(elapsed_s)` inside one."""
+def render_preview(claim: PreviewClaim, device: str, abandoned: Callable[[], bool]) -> tuple[bytes | None, str | None]:
+    """Render a claimed preview on `device`: (PNG bytes, None), or (None, why it failed); (None, None) when
+    `abandoned()` turned true first."""
+    try:
+        config = TransferConfig.from_json(claim.config)
+        styles, mask = (claim.styles[:-1], claim.styles[-1]) if config.regions else (claim.styles, None)
+        inputs = Inputs.decode(claim.content, styles, mask)
+        out = transfer(inputs.content.image, inputs.style_images, config, should_stop=abandoned, device=device,
+                       mask=inputs.mask_image)  # fmt: skip
+        return (None if out.stopped == "cancelled" else images.image_to_png_bytes(out.image)), None
+    except InputError as e:
+        return None, str(e)
+    except Exception as e:  # a preview's failure is shown on it, and the worker goes on
+        log.exception("Preview %s failed", claim.id)
+        return None, f"the preview failed ({type(e).__name__})"
 
-    def __init__(self, ledger: Ledger, device: str, owner: str, stop: Callable[[], bool] = lambda: False) -> None:
-        self.ledger, self.device, self.owner, self.stop = ledger, device, owner, stop
+
+# (claim, abandoned) -> (PNG bytes or None, error or None), as `render_preview`
+Render = Callable[[PreviewClaim, Callable[[], bool]], tuple[bytes | None, str | None]]
+
+
+class PreviewRunner:
+    """A worker's previews: claims them from the ledger by the rule of the module's docstring and renders
+    them on the worker's device (or by `render`). `idle()` runs between batches, `between_steps(elapsed_s)`
+    inside one."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        device: str,
+        owner: str,
+        stop: Callable[[], bool] = lambda: False,
+        render: Render | None = None,
+    ) -> None:
+        self.ledger, self.owner, self.stop = ledger, owner, stop
+        # where a preview renders: on this worker's device, or elsewhere (a Ray task, `engine.jobs.ray_backend`)
+        self.render = render or (lambda claim, abandoned: render_preview(claim, device, abandoned))
         self.estimate_s = FIRST_ESTIMATE_S  # the last preview's length
         self.ran_since_batch = False  # a preview ran since the last full batch started
         self.spent_in_batch = 0.0  # seconds of previews during the running batch
@@ -120,7 +152,6 @@ class PreviewRunner:
 
     def _run(self, claim: PreviewClaim) -> None:
         start = time.perf_counter()
-        result = error = None
         checked = [start]
 
         def abandoned() -> bool:  # asked at most every 0.1 s: the ledger read costs ~1 ms
@@ -132,19 +163,7 @@ class PreviewRunner:
             checked[0] = now
             return self.ledger.preview_abandoned(claim.id)
 
-        try:
-            config = TransferConfig.from_json(claim.config)
-            styles, mask = (claim.styles[:-1], claim.styles[-1]) if config.regions else (claim.styles, None)
-            inputs = Inputs.decode(claim.content, styles, mask)
-            out = transfer(inputs.content.image, inputs.style_images, config, should_stop=abandoned,
-                           device=self.device, mask=inputs.mask_image)  # fmt: skip
-            if out.stopped != "cancelled":
-                result = images.image_to_png_bytes(out.image)
-        except InputError as e:
-            error = str(e)
-        except Exception as e:  # a preview's failure is shown on it, and the worker goes on
-            log.exception("Preview %s failed", claim.id)
-            error = f"the preview failed ({type(e).__name__})"
+        result, error = self.render(claim, abandoned)
         seconds = time.perf_counter() - start
         try:
             if self.stop() and result is None and error is None:

@@ -430,9 +430,7 @@ class JobQueue:
     def submit_preview(self, slot: str, config: TransferConfig, inputs: Inputs) -> str:
         """Queue the preview of `config` on `inputs` for `slot` (one browser session: its newer previews
         abandon the older ones) and return its id at once; see `preview`. Settings already previewed
-        return that preview. InputError when no local worker runs previews (the Ray backend)."""
-        if self.backend == "ray":
-            raise InputError("Live previews run on this machine's workers; with the Ray backend, press Run.")
+        return that preview."""
         self._check_open()
         check_style_images(config.style_blend, len(inputs.styles), config.regions)
         check_mask(config, inputs.mask_image, inputs.content.image.size)

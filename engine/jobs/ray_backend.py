@@ -11,6 +11,9 @@ package with the tasks (`runtime_env` py_modules) unless STYLELAB_RAY_SHIP_CODE=
 
 - Progress: nothing comes back while a task runs (`reports_progress = False`): the run page reads the
   live metrics from MLflow, flushed every `flush_every` steps.
+- Live previews: a slot with no batch claims a waiting preview from the ledger and renders it as a Ray
+  task on the slot's GPU or CPU (`preview_remote`), at most one between two batches when a batch waits;
+  a newer preview cancels the task (`ray.cancel`). None runs inside a remote batch.
 - Cancel: `JobQueue.cancel` sets the store's `cancel_requested` tag, which the task's own `CancelWatch`
   polls.
 - Shut down: a small flag actor tells running tasks to stop after their step; their jobs go back to
@@ -29,13 +32,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine import tracking
-from engine.jobs import worker
-from engine.jobs.ledger import Claim, owner_id
+from engine.jobs import preview, worker
+from engine.jobs.ledger import Claim, PreviewClaim, owner_id
 from engine.jobs.serving import HEARTBEAT_S, CancelWatch, Claimer
 
 if TYPE_CHECKING:
@@ -100,10 +103,8 @@ def run_remote(
     """The Ray task: run one claimed batch here with `worker.run_batch`, on this worker's GPU when Ray gave
     it one, else on its CPU. Cancel comes from the store; shut-down from `stop_flag`."""
     import ray
-    import torch
 
-
-    device = "cuda:0" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
+    device = _task_device()
     checked, stopping = [0.0], [False]
 
     def interrupted() -> bool:
@@ -124,6 +125,20 @@ def run_remote(
         return worker.run_batch(tracking_uri, list(run_ids), device, cancelled=cancelled, interrupted=interrupted,
                                 preview_every=preview_every, flush_every=flush_every, attempt=attempt,
                                 fallback_dir=fallback_dir)  # fmt: skip
+
+
+def _task_device() -> str:
+    """The device of this Ray task: its GPU when Ray gave it one, else the CPU."""
+    import ray
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
+
+
+def preview_remote(claim: PreviewClaim) -> tuple[bytes | None, str | None]:
+    """The Ray task of a live preview: render it here (`preview.render_preview`). An abandoned preview is
+    stopped by `ray.cancel` from the driver, which holds the ledger."""
+    return preview.render_preview(claim, _task_device(), abandoned=lambda: False)
 
 
 class RayWorkers:
@@ -149,9 +164,9 @@ class RayWorkers:
 
             raise InputError("Give at least one slot to run jobs on.")
         self.devices = [f"ray:{i}" for i in range(count)]
-        task = ray.remote(run_remote)
-        self._task = task.options(num_gpus=1, num_cpus=1, max_retries=0) if self._gpus else task.options(
-            num_cpus=1, max_retries=0)  # fmt: skip
+        slot_resources = {"num_gpus": 1, "num_cpus": 1} if self._gpus else {"num_cpus": 1}
+        self._task = ray.remote(run_remote).options(**slot_resources, max_retries=0)
+        self._preview_task = ray.remote(preview_remote).options(**slot_resources, max_retries=0)
         self._flag = ray.remote(num_cpus=0)(_stop_flag_class()).remote()
         self._owner = owner_id()
         self._stop = threading.Event()
@@ -178,12 +193,19 @@ class RayWorkers:
                 self._queue.ledger.heartbeat(self._owner)
 
     def _serve(self, slot: str) -> None:
-        claims = Claimer(self._queue.ledger, self._queue.tracking_uri, self._owner)
+        ledger = self._queue.ledger
+        claims = Claimer(ledger, self._queue.tracking_uri, self._owner)
+        # Live previews: a slot with no batch renders one as a Ray task, at the local workers' priority
+        # between batches (`PreviewRunner.idle`); none run inside a remote batch.
+        previews = preview.PreviewRunner(ledger, slot, self._owner, self._stopping, render=self._render_remote)
         while not self._stopping():
+            if previews.idle(batch_waiting=lambda: bool(ledger.queued())):
+                continue
             claim = claims.next()
             if claim is None:
                 self._queue.wait_for_work()
                 continue
+            previews.batch_started()
             try:
                 self._run(slot, claim)
             except Exception:  # a bug in the bookkeeping: the jobs stay claimed (as in queue.run_claim)
@@ -208,6 +230,20 @@ class RayWorkers:
         for message in ended:  # what this process shows of the jobs: their end
             with contextlib.suppress(Exception):
                 queue._apply(message)
+
+    def _render_remote(self, claim: PreviewClaim, abandoned: Callable[[], bool]) -> tuple[bytes | None, str | None]:
+        """Render a preview as a Ray task on this slot's resources; cancel the task once it is abandoned."""
+        ray = self._ray
+        ref = self._preview_task.remote(claim)
+        while not ray.wait([ref], timeout=0.1)[0]:
+            if abandoned():
+                ray.cancel(ref)
+                return None, None
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayError as e:
+            log.warning("Preview %s: its Ray task failed: %s", claim.id, tracking.short_error(e))
+            return None, f"the preview failed (its Ray task: {type(e).__name__})"
 
     def _failed(self, claim: Claim, error: Exception) -> None:
         """The task died with its Ray worker or node (or could not run): its runs end FAILED, once."""
