@@ -1,0 +1,73 @@
+"""How soon the studio's live preview shows a moved λ slider, in a real browser (issue 16: about 3 s on this
+2-core CPU).
+
+One real `streamlit run app.py` (loopback, a fresh SQLite store, the default process backend, as in
+`benchmarks/watchers.py`) and one headless Chromium. The studio takes the sample images at 256 px, the
+live preview is switched on, and after its first preview the λ relu3_1 slider is moved one step at a
+time (the arrow key), `--moves` times. Each time: seconds from the key press until the preview strip
+shows the new setting's image (a finished preview whose caption names the new λ), and the worker's own
+seconds for it (the caption's). Prints one JSON line with the load average.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/preview_browser.py [--moves 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.watchers import CHROMIUM, CHROMIUM_ARGS, App
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--moves", type=int, default=5)
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    folder = Path(tempfile.mkdtemp(prefix="stylelab-preview-browser-"))
+    app = App(f"sqlite:///{folder / 'mlflow.db'}", folder / "app.log", worker_threads=None)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 2000})
+            page.set_default_timeout(180_000)
+            page.goto(f"{app.url}/studio")
+            page.get_by_text("Upload a content image").wait_for()
+            switch = page.get_by_role("switch", name="Try the sample images")
+            while not switch.is_checked():  # a click while the page still connects can be lost
+                page.get_by_text("Try the sample images", exact=True).click()
+                page.wait_for_timeout(1000)
+            page.get_by_text("content, 512×384").wait_for()
+            page.get_by_text("Live preview", exact=True).click()
+            now = page.locator("[data-testid=stImage]").filter(has_text="now:")
+            now.get_by_text("current settings").wait_for()  # the first preview (a cold worker)
+            slider = page.get_by_role("slider", name="λ relu3_1")
+            seen, worker = [], []
+            for _ in range(args.moves):
+                page.wait_for_timeout(1500)  # the page settles: polling stopped
+                before = now.inner_text()
+                slider.focus()
+                start = time.perf_counter()
+                slider.press("ArrowRight")
+                # the strip shows the new setting's image: a finished preview whose caption names a new λ
+                while not (text := now.inner_text(timeout=180_000)) or text == before or "λ relu3_1" not in text:
+                    time.sleep(0.02)
+                seen.append(time.perf_counter() - start)
+                worker.append(float(re.search(r"\(([\d.]+) s\)", text).group(1)))
+            browser.close()
+    finally:
+        app.stop()
+    row = {"moves": args.moves, "key_to_image_s": [round(s, 2) for s in seen],
+           "median_key_to_image_s": round(statistics.median(seen), 2),
+           "worker_s": worker, "load": Path("/proc/loadavg").read_text().split()[0]}  # fmt: skip
+    print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
