@@ -6,7 +6,8 @@ One real `streamlit run app.py` (loopback, a fresh SQLite store, the default pro
 live preview is switched on, and after its first preview the λ relu3_1 slider is moved one step at a
 time (the arrow key), `--moves` times. Each time: seconds from the key press until the preview strip
 shows the new setting's image (a finished preview whose caption names the new λ), and the worker's own
-seconds for it (the caption's). Prints one JSON line with the load average.
+seconds for it (the caption's), with the CPU seconds the Streamlit server, its worker process and the
+browser used meanwhile. Prints one JSON line with the load average.
 
     PYTHONPATH=. .venv/bin/python benchmarks/preview_browser.py [--moves 5]
 """
@@ -21,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.watchers import CHROMIUM, CHROMIUM_ARGS, App
+from benchmarks.watchers import CHROMIUM, CHROMIUM_ARGS, App, browsers_cpu, cpu_seconds, descendants
 
 
 def main() -> None:
@@ -48,24 +49,34 @@ def main() -> None:
             now = page.locator("[data-testid=stImage]").filter(has_text="now:")
             now.get_by_text("current settings").wait_for()  # the first preview (a cold worker)
             slider = page.get_by_role("slider", name="λ relu3_1")
-            seen, worker = [], []
+            seen, worker, server_cpu, worker_cpu, browser_cpu = [], [], [], [], []
+            server = app.proc.pid
+
+            def cpu() -> tuple[float, float, float]:  # the server, its worker process(es), the browser
+                return (cpu_seconds(server), sum(cpu_seconds(c) for c in descendants(server)),
+                        browsers_cpu(server))  # fmt: skip
+
             for _ in range(args.moves):
                 page.wait_for_timeout(1500)  # the page settles: polling stopped
                 before = now.inner_text()
                 slider.focus()
-                start = time.perf_counter()
+                start, cpu_before = time.perf_counter(), cpu()
                 slider.press("ArrowRight")
                 # the strip shows the new setting's image: a finished preview whose caption names a new λ
                 while not (text := now.inner_text(timeout=180_000)) or text == before or "λ relu3_1" not in text:
                     time.sleep(0.02)
                 seen.append(time.perf_counter() - start)
+                used = [after - before for after, before in zip(cpu(), cpu_before, strict=True)]
+                for figures, value in zip((server_cpu, worker_cpu, browser_cpu), used, strict=True):
+                    figures.append(round(value, 2))
                 worker.append(float(re.search(r"\(([\d.]+) s\)", text).group(1)))
             browser.close()
     finally:
         app.stop()
     row = {"moves": args.moves, "key_to_image_s": [round(s, 2) for s in seen],
            "median_key_to_image_s": round(statistics.median(seen), 2),
-           "worker_s": worker, "load": Path("/proc/loadavg").read_text().split()[0]}  # fmt: skip
+           "worker_s": worker, "cpu_s_server": server_cpu, "cpu_s_worker": worker_cpu,
+           "cpu_s_browser": browser_cpu, "load": Path("/proc/loadavg").read_text().split()[0]}  # fmt: skip
     print(json.dumps(row), flush=True)
 
 

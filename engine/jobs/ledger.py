@@ -337,13 +337,14 @@ class Ledger:
 
     def preview_waiting(self) -> bool:
         """Whether a preview could be claimed now (queued, its debounce over): one cheap indexed read."""
+        return self.preview_due_in() == 0.0
+
+    def preview_due_in(self) -> float | None:
+        """Seconds until the first queued preview can be claimed (0 when one can now); None when none is
+        queued."""
         with self._connect() as db:
-            return (
-                db.execute(
-                    "SELECT 1 FROM previews WHERE state = 'queued' AND not_before <= ? LIMIT 1", (time.time(),)
-                ).fetchone()
-                is not None
-            )
+            (first,) = db.execute("SELECT MIN(not_before) FROM previews WHERE state = 'queued'").fetchone()
+        return None if first is None else max(0.0, first - time.time())
 
     def claim_preview(self, owner: str) -> PreviewClaim | None:
         """Atomically take the oldest claimable preview for `owner`, or None."""

@@ -116,6 +116,9 @@ class PreviewRunner:
         since the last batch. True when a preview ran."""
         if self.ran_since_batch and batch_waiting():
             return False
+        due_in = self._due_in()
+        if due_in and due_in <= DEBOUNCE_S and not batch_waiting():  # in its debounce: wait it out, not a poll
+            time.sleep(due_in)
         ran = self._run_one()
         self.ran_since_batch |= ran
         return ran
@@ -136,6 +139,13 @@ class PreviewRunner:
         start = time.perf_counter()
         if self._run_one():
             self.spent_in_batch += time.perf_counter() - start
+
+    def _due_in(self) -> float | None:
+        try:
+            return self.ledger.preview_due_in()
+        except Exception as e:  # the ledger busy or gone: previews wait, runs go on
+            log.warning("Could not read the previews of %s: %s", self.ledger.path, e)
+            return None
 
     def _run_one(self) -> bool:
         try:
