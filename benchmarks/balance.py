@@ -11,6 +11,7 @@ already there) and saves each result under benchmarks/results/balance/; `report`
 
 - `beta=<β>`: the engine's defaults (`TransferConfig()`) with that β (for 256 px; params version 2),
   `v1:beta=<β>` the same with β as given at every size (params version 1, the engine before issue 16);
+- `coarse=<k>` with a β: k half-size scales first (coarse to fine; the default has none up to 1024 px);
 - `start=colour` / `start=blend` with a β: the AdaIN start with its colours matched to the style's (mean
   and spread per RGB channel), or half AdaIN, half content photo;
 - `classic`: the classic Gatys setting the issue compares against: a plain `torch.optim.LBFGS` with its
@@ -43,8 +44,12 @@ from engine.core.vgg import VGGFeatures
 
 ROOT = Path(__file__).resolve().parents[1]
 # ../shared/images beside the checkout (a worktree's is one folder further up); STYLELAB_SHARED_IMAGES wins
-SHARED = Path(os.environ.get("STYLELAB_SHARED_IMAGES") or next(
-    (p / "shared" / "images" for p in ROOT.parents if (p / "shared" / "images").is_dir()), ROOT.parent / "shared"))
+SHARED = Path(
+    os.environ.get("STYLELAB_SHARED_IMAGES")
+    or next(
+        (p / "shared" / "images" for p in ROOT.parents if (p / "shared" / "images").is_dir()), ROOT.parent / "shared"
+    )
+)
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -96,6 +101,7 @@ def _colour_matched(image: torch.Tensor, reference: torch.Tensor) -> torch.Tenso
 def engine_run(content: Image.Image, style: Image.Image, size: int, setting: str) -> Image.Image:
     parts = dict(p.split("=") for p in setting.replace("v1:", "").split(","))
     config = TransferConfig(size=size, beta=float(parts.get("beta", TransferConfig().beta)),
+                            coarse_levels=int(parts["coarse"]) if "coarse" in parts else None,
                             params_version=1 if setting.startswith("v1:") else 2)  # fmt: skip
     start = parts.get("start")
     original = transfer_module.initial_image
@@ -159,7 +165,7 @@ def report(args: argparse.Namespace) -> None:
     print("\n".join(table))
     for size in sorted({r["size"] for r in rows}):
         at = [r for r in rows if r["size"] == size]
-        pairs = list(dict.fromkeys(r["pair"] for r in at))
+        pairs = [pair for pair in PAIRS if any(r["pair"] == pair for r in at)]  # one row order in every grid
         settings = [s for s in args.grid_settings if any(r["setting"] == s for r in at)]
         if not settings:
             continue
@@ -193,7 +199,8 @@ def main() -> None:
     r.add_argument("--threads", type=int, default=1)
     p = sub.add_parser("report")
     p.add_argument("--out", default="docs/balance")
-    p.add_argument("--grid-settings", nargs="+", default=["classic", "beta=2e5", "beta=5e5", "beta=1e6"])
+    grid = ["classic", "beta=5e5", "beta=1e6", "start=colour,beta=1e6", "start=blend,beta=1e6"]
+    p.add_argument("--grid-settings", nargs="+", default=grid)
     args = parser.parse_args()
     run(args) if args.command == "run" else report(args)
 

@@ -7,7 +7,8 @@ workers as full runs, through the same ledger, at a priority that bounds what it
   `previews` table for an hour, and nothing else records it.
 - **Debounced, superseded**: a preview is claimable `DEBOUNCE_S` after it was asked for, and a newer one
   of the same slot (a browser session) abandons it, queued or running (the run stops at its next
-  iteration). Asking again for settings already previewed returns that result at once.
+  iteration). Asking again for settings already previewed returns that result at once. An idle worker
+  waits out a preview's debounce rather than its whole poll interval.
 - **Priority, and what it costs a full run** (`PreviewRunner`): a worker that is idle runs a waiting
   preview at once. Between two full batches it runs at most one preview before the next waiting batch,
   so a queued full run waits for at most one preview. While a full batch runs, a preview runs between
