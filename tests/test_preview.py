@@ -85,6 +85,18 @@ def test_a_runner_renders_a_preview_and_the_same_settings_are_not_rendered_twice
     assert not runner.idle(batch_waiting=lambda: False)  # nothing waits
 
 
+def test_an_idle_runner_waits_out_a_fresh_previews_debounce_and_renders_it(tmp_path, inputs):
+    ledger = Ledger(tmp_path / "queue.db")
+    runner = PreviewRunner(ledger, "cpu", owner_id())
+    preview_id = _queue_preview(ledger, "a", SMALL.replace(steps=2, coarse_levels=0), inputs, debounce_s=0.2)
+    assert 0 < ledger.preview_due_in() <= 0.2 and not ledger.preview_waiting()
+    asked = time.monotonic()
+    assert runner.idle(batch_waiting=lambda: False)  # not "nothing to do" until the next poll
+    assert ledger.preview(preview_id).state == "done"
+    assert time.monotonic() - asked >= 0.15  # it did wait for the debounce
+    assert ledger.preview_due_in() is None
+
+
 def test_a_preview_with_regions_takes_its_mask_along(tmp_path, inputs):
     mask = Image.new("RGB", inputs.content.image.size, (255, 0, 0))
     ImageDraw.Draw(mask).rectangle([0, 0, 20, 48], fill=(0, 0, 255))
