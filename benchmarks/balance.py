@@ -187,6 +187,28 @@ def report(args: argparse.Namespace) -> None:
                 draw.text((x + 4, y + img.height + 1), f"style {r['style']:.1f}x, content {r['content']:.2f}",
                           fill="black")  # fmt: skip
         sheet.save(out / f"grid-{size}.jpg", quality=88)
+    sizes_figure(out)
+
+
+def sizes_figure(out: Path) -> None:
+    """docs/balance/sizes.jpg: Tübingen × The Starry Night at 256 px, and at 1024 px in one scale and from
+    256 px (coarse to fine), each shown 512 px wide, over full-size crops of the two 1024-px results."""
+    names = ["tubingen-starry_night_beta=1e6_256.png", "tubingen-starry_night_beta=1e6_1024.png",
+             "tubingen-starry_night_coarse=2_beta=1e6_1024.png"]  # fmt: skip
+    if not all((RESULTS / "balance" / n).exists() for n in names):
+        return
+    shown = [Image.open(RESULTS / "balance" / n).convert("RGB") for n in names]
+    width, crop = 512, (480, 40, 992, 424)  # the tower and the sky above it
+    sheet = Image.new("RGB", (3 * width, 384 + 18 + 384 + 18), "white")
+    draw = ImageDraw.Draw(sheet)
+    labels = ["256 px", "1024 px, one scale", "1024 px, from 256 px (the default)"]
+    for i, (image, label) in enumerate(zip(shown, labels, strict=True)):
+        sheet.paste(image.resize((width, round(width * image.height / image.width)), Image.LANCZOS), (i * width, 18))
+        draw.text((i * width + 4, 3), label, fill="black")
+    for i, image in enumerate(shown[1:], start=1):
+        sheet.paste(image.crop(crop), (i * width, 384 + 36))
+        draw.text((i * width + 4, 384 + 21), "full-size crop", fill="black")
+    sheet.save(out / "sizes.jpg", quality=88)
 
 
 def main() -> None:

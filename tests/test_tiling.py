@@ -129,8 +129,8 @@ def test_tile_knobs_are_checked_and_large_sizes_start_coarse():
             TransferConfig(tile_size=bad)
     with pytest.raises(InputError, match="tile_halo"):
         TransferConfig(tile_halo="999")
-    assert [auto_coarse_levels(s) for s in (256, 1024, 2048, 4096, 8192)] == [0, 0, 2, 3, 4]
-    assert TransferConfig(size=4096).schedule[0] == (512, 150)
+    assert [auto_coarse_levels(s) for s in (256, 384, 512, 1024, 2048, 4096, 8192)] == [0, 0, 1, 2, 3, 4, 4]
+    assert TransferConfig(size=4096).schedule[0] == (256, 150) and TransferConfig(size=512).schedule[0] == (256, 150)
     assert TransferConfig.from_params({"size": "2048", "coarse_levels": "0"}).coarse_levels == 0  # old runs
 
 

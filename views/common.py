@@ -176,7 +176,7 @@ def settings_ui(defaults: TransferConfig, n_styles: int) -> TransferConfig:
     with right:
         size = st.number_input("Size (long side, px)", 16, MAX_SIZE, defaults.size, step=32, help=HELP["size"])
         steps = st.number_input("Steps", 1, 100_000, defaults.steps, help=HELP["steps"])
-        levels = ["auto", 0, 1, 2, 3, 4]  # auto: coarse to fine above 1024 px (config.auto_coarse_levels)
+        levels = ["auto", 0, 1, 2, 3, 4]  # auto: above 384 px, from about 256 px (config.auto_coarse_levels)
         chosen = "auto" if defaults.coarse_levels == auto_coarse_levels(defaults.size) else defaults.coarse_levels
         coarse_levels = st.selectbox("Coarse-to-fine levels", levels, index=levels.index(chosen),
                                      help=HELP["coarse_levels"])  # fmt: skip

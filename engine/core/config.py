@@ -32,9 +32,11 @@ POOLINGS = ("max", "avg")
 MIN_SIZE, MAX_SIZE = 16, 8192  # above ~2700 px on a 24 GB machine a run goes by tiles (engine.core.tiling)
 MAX_STEPS = 100_000
 MIN_COARSE_SIZE, MAX_COARSE_LEVELS = 64, 4  # below 64 px L-BFGS often overshoots (relu5_1 is 2×2)
-# Unless told otherwise, a run longer than this starts coarse, at about COARSE_START px: the style's scale
-# is set where iterations are cheap, and most of a large run's iterations are.
-AUTO_COARSE_ABOVE, COARSE_START = 1024, 512
+# Unless told otherwise, a run larger than this starts coarse, at about COARSE_START px: the size β is given
+# for and near the live preview's, so a large result keeps the strokes the preview showed (single-scale,
+# a 1024-px result took only fine texture), and cheap iterations set the style's scale. Up to 384 px one
+# scale keeps the balance of 128 px closer (README "One balance at every size").
+AUTO_COARSE_ABOVE, COARSE_START = 384, 256
 MIN_TILE_SIZE = 64  # a tile's interior; the exact halo (80 px for relu5_1) surrounds it
 MAX_HALO = 256
 # What the params of a run mean. 1: β applies as given at every size (every run logged before issue 16,
@@ -265,7 +267,7 @@ class TransferConfig:
 
 def auto_coarse_levels(size: int) -> int:
     """Coarse levels when none are given: 0 up to `AUTO_COARSE_ABOVE` px, else enough halvings to start
-    near `COARSE_START` px (2048 px: 2, starting at 512; 4096: 3; 8192: 4)."""
+    near `COARSE_START` px (512 px: 1; 1024: 2; 2048: 3; 4096: 4; 8192: 4, starting at 512)."""
     if size <= AUTO_COARSE_ABOVE:
         return 0
     return min(MAX_COARSE_LEVELS, round(math.log2(size / COARSE_START)))
