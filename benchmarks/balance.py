@@ -11,7 +11,7 @@ already there) and saves each result under benchmarks/results/balance/; `report`
 
 - `beta=<β>`: the engine's defaults (`TransferConfig()`) with that β (for 256 px; params version 2),
   `v1:beta=<β>` the same with β as given at every size (params version 1, the engine before issue 16);
-- `coarse=<k>` with a β: k half-size scales first (coarse to fine; the default has none up to 1024 px);
+- `coarse=<k>` with a β: k half-size scales first (coarse to fine; the default has none up to 384 px);
 - `start=colour` / `start=blend` with a β: the AdaIN start with its colours matched to the style's (mean
   and spread per RGB channel), or half AdaIN, half content photo;
 - `classic`: the classic Gatys setting the issue compares against: a plain `torch.optim.LBFGS` with its

@@ -66,7 +66,7 @@ def main() -> None:
                 while not (text := now.inner_text(timeout=180_000)) or text == before or "λ relu3_1" not in text:
                     time.sleep(0.02)
                 seen.append(time.perf_counter() - start)
-                used = [after - before for after, before in zip(cpu(), cpu_before, strict=True)]
+                used = [after - was for after, was in zip(cpu(), cpu_before, strict=True)]
                 for figures, value in zip((server_cpu, worker_cpu, browser_cpu), used, strict=True):
                     figures.append(round(value, 2))
                 worker.append(float(re.search(r"\(([\d.]+) s\)", text).group(1)))
