@@ -31,6 +31,7 @@ import pytest
 import torch
 from browser_helpers import CHROMIUM, CHROMIUM_ARGS
 from mlflow import MlflowClient
+from PIL import Image
 from servers import MlflowServer, PostgresCluster, ServerError, free_port, migrate, postgres_missing
 
 from engine.core import images
@@ -38,6 +39,11 @@ from engine.core.samples import sample_path
 from engine.jobs import JobQueue
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def sample_image(name: str, long_side: int) -> Image.Image:
+    """A sample image of samples/ (credited in samples/SOURCES.md), shrunk to `long_side` px."""
+    return images.resize_long_side(images.load_image(sample_path(name)), long_side)
 
 
 def png_bytes(path: Path, long_side: int = 64) -> bytes:

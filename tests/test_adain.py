@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import sample_image
 from PIL import Image
 
 from engine.core import adain, images
 from engine.core.costs import normalised_gram, style_layer_cost
 from engine.core.errors import InputError
-from engine.core.samples import sample_path
 from engine.core.vgg import VGGFeatures
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
@@ -27,7 +27,7 @@ def _threads(one_torch_thread):
 
 
 def sample_tensor(path: str, long_side: int = 128) -> torch.Tensor:
-    return images.image_to_tensor(images.resize_long_side(images.load_image(sample_path(path)), long_side))
+    return images.image_to_tensor(sample_image(path, long_side))
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import sample_image
 from streamlit.testing.v1 import AppTest
 
 from engine import jobs, tracking
@@ -100,7 +101,7 @@ def test_the_sample_images_fill_the_studio_and_an_upload_replaces_them(store):
     at.multiselect(key="sample_styles").set_value(["The Scream (Munch)", "The Shipwreck (Turner)"]).run()
     assert image_captions(at) == ["content, 512×384", "style 1, 402×512", "style 2, 512×353"]
     assert "Blend weight of style 2" in [n.label for n in at.number_input]
-    scream = images.image_to_png_bytes(images.resize_long_side(images.load_image(sample_path("the_scream.jpg")), 64))
+    scream = images.image_to_png_bytes(sample_image("the_scream.jpg", 64))
     at.file_uploader(key="content").set_value(("c.png", scream, "image/png")).run()
     assert image_captions(at)[0] == "content, 50×64"  # the upload, not the sample
 

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 from browser_helpers import BROWSER_TEST, set_number, shot
-
-from engine.core import images
-from engine.core.samples import sample_path
+from conftest import sample_image
 
 pytest.importorskip("playwright.sync_api")
 
@@ -35,7 +33,7 @@ def small_inputs(tmp_path_factory):
     paths = []
     for name, source in (("content.png", "tubingen.jpg"), ("style.png", "starry_night.jpg")):
         path = folder / name
-        images.resize_long_side(images.load_image(sample_path(source)), 96).save(path)
+        sample_image(source, 96).save(path)
         paths.append(path)
     return paths
 

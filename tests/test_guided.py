@@ -2,12 +2,11 @@
 VGG19: they stylise, batch, sweep and compose with regions."""
 
 import pytest
+from conftest import sample_image
 from PIL import Image, ImageDraw
 
-from engine.core import images
 from engine.core.config import TransferConfig
 from engine.core.regions import Region
-from engine.core.samples import sample_path
 from engine.core.transfer import transfer, transfer_batch
 from engine.studies.sweep import SweepAxis, expand
 
@@ -16,12 +15,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def content() -> Image.Image:
-    return images.resize_long_side(images.load_image(sample_path("tubingen.jpg")), 64)
+    return sample_image("tubingen.jpg", 64)
 
 
 @pytest.fixture(scope="module")
 def style() -> Image.Image:
-    return images.resize_long_side(images.load_image(sample_path("starry_night.jpg")), 64)
+    return sample_image("starry_night.jpg", 64)
 
 
 @pytest.mark.slow
@@ -54,7 +53,7 @@ def test_a_batch_of_w2_settings_gives_each_its_own_run_and_style_cost_is_a_sweep
 def test_regions_take_their_own_styles_under_each_cost(content, style, kind):
     mask = Image.new("RGB", content.size, (255, 0, 0))
     ImageDraw.Draw(mask).rectangle([0, content.size[1] // 2, content.size[0], content.size[1]], fill=(0, 0, 255))
-    scream = images.resize_long_side(images.load_image(sample_path("the_scream.jpg")), 64)
+    scream = sample_image("the_scream.jpg", 64)
     regions = (Region("sky", (255, 0, 0), (1,)), Region("town", (0, 0, 255), (2,)))
     config = TransferConfig(size=64, steps=10, style_cost=kind, regions=regions)
     result = transfer(content, [style, scream], config, mask=mask, device="cpu")

@@ -5,13 +5,13 @@ one test makes a real stylised result at 128 px (8 L-BFGS steps, ~3 s on one cor
 from __future__ import annotations
 
 import pytest
+from conftest import sample_image
 from mlflow import MlflowClient
 from PIL import Image
 
 from engine.core import images
 from engine.core.config import GATYS_STYLE_LAYERS, TransferConfig
 from engine.core.quality import REFERENCE, REFERENCE_SIZE, reference_costs
-from engine.core.samples import sample_path
 from engine.core.transfer import TransferResult, transfer
 from engine.jobs import tracked_transfer, worker
 from engine.tracking import load_run
@@ -27,12 +27,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def content() -> Image.Image:
-    return images.resize_long_side(images.load_image(sample_path("tubingen.jpg")), 256)
+    return sample_image("tubingen.jpg", 256)
 
 
 @pytest.fixture(scope="module")
 def style() -> Image.Image:
-    return images.resize_long_side(images.load_image(sample_path("starry_night.jpg")), 256)
+    return sample_image("starry_night.jpg", 256)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -69,8 +69,8 @@ def test_the_style_image_scores_style_about_zero_against_itself(content, style):
 def test_images_of_any_size_are_measured_at_the_reference_size():
     """Inputs at 512 px score exactly as the same inputs first resized to 256 px; a 64-px result is
     resampled to the content's 256-px size."""
-    big_content = images.resize_long_side(images.load_image(sample_path("tubingen.jpg")), 512)
-    big_style = images.resize_long_side(images.load_image(sample_path("starry_night.jpg")), 512)
+    big_content = sample_image("tubingen.jpg", 512)
+    big_style = sample_image("starry_night.jpg", 512)
     small_result = images.resize_long_side(big_style, 64)
     at_512 = reference_costs(small_result, big_content, [big_style], device="cpu")
     at_256 = reference_costs(
@@ -92,7 +92,7 @@ def test_a_stylised_result_scores_lower_style_than_the_content_photo(content, st
 
 
 def test_several_styles_are_blended_with_the_given_weights(content, style):
-    other = images.resize_long_side(images.load_image(sample_path("the_scream.jpg")), 256)
+    other = sample_image("the_scream.jpg", 256)
     only_first = reference_costs(style, content, [style, other], style_blend=[1.0, 0.0], device="cpu")
     assert only_first["style"] == pytest.approx(reference_costs(style, content, [style], device="cpu")["style"])
 

@@ -5,6 +5,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from conftest import sample_image
 from mlflow import MlflowClient
 from PIL import Image, ImageDraw
 
@@ -21,7 +22,6 @@ from engine.core.regions import (
     region_maps,
     regions_in_order,
 )
-from engine.core.samples import sample_path
 from engine.core.style_costs import guided_gram
 from engine.core.transfer import check_batchable, run_plan, transfer, transfer_batch
 from engine.core.vgg import VGGFeatures
@@ -34,13 +34,13 @@ SKY, TOWN = (255, 0, 0), (0, 0, 255)
 
 @pytest.fixture(scope="module")
 def content() -> Image.Image:
-    return images.resize_long_side(images.load_image(sample_path("tubingen.jpg")), 96)
+    return sample_image("tubingen.jpg", 96)
 
 
 @pytest.fixture(scope="module")
 def styles() -> list[Image.Image]:
     names = ("starry_night.jpg", "the_scream.jpg")
-    return [images.resize_long_side(images.load_image(sample_path(n)), 96) for n in names]
+    return [sample_image(n, 96) for n in names]
 
 
 def halves(size: tuple[int, int], top=SKY, bottom=TOWN) -> Image.Image:

@@ -6,6 +6,7 @@ import contextlib
 import numpy as np
 import pytest
 import torch
+from conftest import sample_image
 
 from engine.core import images
 from engine.core.config import TransferConfig, auto_coarse_levels
@@ -22,7 +23,7 @@ CPU = torch.device("cpu")
 
 
 def _sample(name: str, size: int) -> torch.Tensor:
-    return images.image_to_tensor(images.resize_long_side(images.load_image(sample_path(name)), size))
+    return images.image_to_tensor(sample_image(name, size))
 
 
 def test_receptive_field_of_relu5_1_is_156_px_and_the_exact_halo_sits_on_its_pooling_grid():

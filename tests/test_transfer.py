@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import sample_image
 from PIL import Image
 
 from engine.core import images
@@ -19,12 +20,12 @@ from engine.core.transfer import check_batchable, transfer, transfer_batch
 
 @pytest.fixture(scope="module")
 def content() -> Image.Image:
-    return images.resize_long_side(images.load_image(sample_path("tubingen.jpg")), 96)
+    return sample_image("tubingen.jpg", 96)
 
 
 @pytest.fixture(scope="module")
 def style() -> Image.Image:
-    return images.resize_long_side(images.load_image(sample_path("starry_night.jpg")), 96)
+    return sample_image("starry_night.jpg", 96)
 
 
 def _structure_correlation(a: Image.Image, b: Image.Image) -> float:
@@ -154,7 +155,7 @@ def test_preserving_colours_keeps_the_contents_chroma(content, style):
 
 
 def test_several_style_images_blend_and_need_matching_weights(content, style):
-    other = images.resize_long_side(images.load_image(sample_path("the_scream.jpg")), 96)
+    other = sample_image("the_scream.jpg", 96)
     result = transfer(content, [style, other], TransferConfig(size=32, steps=2, style_blend=(2, 1)), device="cpu")
     assert result.steps_done == 2
     with pytest.raises(InputError, match="style_blend has 2 weights but there are 1 style images"):
