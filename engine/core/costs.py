@@ -128,6 +128,13 @@ class Costs:
 Weight = float | Sequence[float]  # one value for every image of the batch, or one per image
 
 
+
+def blend_weights(style_blend: Sequence[float] | None, count: int) -> list[float]:
+    """The style images' shares of the style target, summing to 1: `style_blend` normalised, or equal
+    shares of `count` images when none is given."""
+    blend = list(style_blend or ()) or [1.0] * count
+    return [w / sum(blend) for w in blend]
+
 class Objective(nn.Module):
     """J(G) = α·J_content(C, G) + β·Σ_l λ[l]·J_style[l](S, G) + tv_weight·TV(G).
 
@@ -163,8 +170,7 @@ class Objective(nn.Module):
         self.register_buffer("tv_weight", weight(tv_weight))
         if style_grams is None:
             style_grams = [{layer: normalised_gram(f[layer].detach()) for layer in lambdas} for f in style_features]
-        blend = style_blend or [1.0] * len(style_grams)
-        blend = [w / sum(blend) for w in blend]
+        blend = blend_weights(style_blend, len(style_grams))
         self.register_buffer("content_target", content_features[content_layer].detach().float())
         # On the host too: which images weigh (or report) a layer decides what a pass computes, and
         # reading that from the device would stall it every iteration.

@@ -38,7 +38,7 @@ from PIL import Image
 
 from engine.core import images
 from engine.core.config import GATYS_STYLE_LAYERS, TransferConfig, check_style_images
-from engine.core.costs import Objective
+from engine.core.costs import Objective, blend_weights
 from engine.core.device import pick_device
 from engine.core.style_costs import Statistics, blend_statistics, style_layer_cost, style_statistics
 from engine.core.transfer import feature_net
@@ -95,7 +95,7 @@ def _objective(
             beta=REFERENCE.beta,
             style_blend=list(blend) or None,
         )
-        weights = [w / sum(blend) for w in blend] if blend else [1 / len(styles)] * len(styles)
+        weights = blend_weights(blend, len(styles))
         w2_targets = {
             layer: blend_statistics("w2", [style_statistics("w2", f[layer]) for f in style_features], weights)
             for layer in REFERENCE.lambdas

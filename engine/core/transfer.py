@@ -21,7 +21,7 @@ from PIL import Image
 
 from engine.core import images
 from engine.core.config import TransferConfig, check_style_images, dominant_style
-from engine.core.costs import Costs, Objective
+from engine.core.costs import Costs, Objective, blend_weights
 from engine.core.device import (
     MEMORY_SHARE,
     ScalePlan,
@@ -419,10 +419,9 @@ def _guided_objective(
 
     def term(name, index, styles, blend, regional) -> StyleTerm:
         """`regional(c)`: (β, λ) of this term in config c."""
-        blend = blend or (1.0,) * len(styles)
         layers = sorted({layer for c in configs for layer in regional(c)[1]}, key=LAYER_INDEX.__getitem__)
         return StyleTerm(
-            name, index, styles, [w / sum(blend) for w in blend],
+            name, index, styles, blend_weights(blend, len(styles)),
             beta=per_image(lambda c: c.effective_beta(*shape, regional(c)[0])),
             lambdas={layer: per_image(lambda c, layer=layer: regional(c)[1].get(layer, 0.0)) for layer in layers},
         )  # fmt: skip
