@@ -56,8 +56,8 @@ def result_path(uri: str, run: tracking.RunSummary) -> tuple[str | None, str]:
 def input_paths(uri: str, run: tracking.RunSummary) -> list[tuple[str, str]]:
     """(caption, local path) of the run's content and style images."""
     count = int(run.params.get("style_images", "1") or 1)
-    names = [("content C", "inputs/content.png"), ("style S", "inputs/style.png")]
-    names += [(f"style S{i + 1}", f"inputs/style_{i}.png") for i in range(1, count)]
+    names = [("content C", "inputs/content.png"), ("style S", tracking.style_artifact(0))]
+    names += [(f"style S{i + 1}", tracking.style_artifact(i)) for i in range(1, count)]
     if regions_caption(run.params):
         names.append(("mask", "inputs/mask.png"))
     paths = []

@@ -179,7 +179,7 @@ def finished_view(run: tracking.RunSummary) -> None:
     except InputError:
         result_path = None
     content_path = tracking.download_artifact(uri, run.run_id, "inputs/content.png")
-    style_path = tracking.download_artifact(uri, run.run_id, "inputs/style.png")
+    style_path = tracking.download_artifact(uri, run.run_id, tracking.style_artifact(0))
     columns[0].image(content_path, caption="content C", width="stretch")
     if regions_caption(run.params):  # the mask under the content: which part took which style
         mask_path = tracking.download_artifact(uri, run.run_id, "inputs/mask.png")

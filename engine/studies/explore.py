@@ -351,7 +351,7 @@ def submit_strip(
     try:
         # The parent holds the inputs too, so its run page and "clone" work like any run's.
         tracking.log_run_image(uri, parent, inputs.content.image, "inputs/content.png")
-        tracking.log_run_image(uri, parent, inputs.styles[0].image, "inputs/style.png")
+        tracking.log_run_image(uri, parent, inputs.styles[0].image, tracking.style_artifact(0))
         for index, (label, config) in enumerate(configs):
             spec = JobSpec(
                 config=config,

@@ -71,6 +71,7 @@ from engine.tracking.schema import (
     check_run_id,
     is_run_id,
     shown_id,
+    style_artifact,
 )
 from engine.tracking.store import (
     CHECK_TIMEOUT_S,
@@ -151,6 +152,7 @@ __all__ = [
     "set_run_tags",
     "short_error",
     "shown_id",
+    "style_artifact",
     "worker_id",
     "write_back",
 ]

@@ -20,7 +20,14 @@ from mlflow.entities import Run, ViewType
 from engine.core.config import TransferConfig
 from engine.core.errors import InputError
 from engine.core.images import Inputs
-from engine.tracking.schema import DEFAULT_EXPERIMENT, DELETE_TAG, IMAGE_KEY, check_run_id, style_mask_artifact
+from engine.tracking.schema import (
+    DEFAULT_EXPERIMENT,
+    DELETE_TAG,
+    IMAGE_KEY,
+    check_run_id,
+    style_artifact,
+    style_mask_artifact,
+)
 from engine.tracking.store import local_path, resolve_tracking_uri, short_error
 
 # --------------------------------------------------------------------------------------------------
@@ -250,7 +257,7 @@ def load_inputs(tracking_uri: str | None, run_id: str) -> Inputs:
     uri = resolve_tracking_uri(tracking_uri)
     run = _get_run(MlflowClient(uri), run_id)
     count = int(run.data.params.get("style_images", "1"))
-    names = ["inputs/content.png", "inputs/style.png", *(f"inputs/style_{i}.png" for i in range(1, count))]
+    names = ["inputs/content.png", *(style_artifact(i) for i in range(count))]
     read = lambda name: Path(download_artifact(uri, run_id, name)).read_bytes()  # noqa: E731
     content, *styles = (read(name) for name in names)
     mask = read("inputs/mask.png") if run.data.params.get("regions", "none") != "none" else None

@@ -62,6 +62,7 @@ from engine.tracking.schema import (
     SOURCES,
     THUMBNAIL_SIZE,
     USER_TAG,
+    style_artifact,
     style_mask_artifact,
 )
 from engine.tracking.store import (
@@ -175,7 +176,7 @@ def create_run(
         with tempfile.TemporaryDirectory(prefix="stylelab-inputs-") as folder:
             (Path(folder) / "content.png").write_bytes(inputs.content.png)
             for i, style in enumerate(inputs.styles):
-                (Path(folder) / ("style.png" if i == 0 else f"style_{i}.png")).write_bytes(style.png)
+                (Path(folder) / style_artifact(i).removeprefix("inputs/")).write_bytes(style.png)
             if inputs.mask is not None:
                 (Path(folder) / "mask.png").write_bytes(inputs.mask.png)
             for i, style_mask in enumerate(inputs.style_masks):

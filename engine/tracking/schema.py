@@ -59,6 +59,11 @@ def check_run_id(text: object) -> str:
     )
 
 
+def style_artifact(index: int) -> str:
+    """Where style image `index` (0-based) of a run is stored: `inputs/style.png`, then `style_<i>.png`."""
+    return "inputs/style.png" if index == 0 else f"inputs/style_{index}.png"
+
+
 def style_mask_artifact(index: int) -> str:
-    """Where the mask of style image `index` (0-based) is stored, beside `inputs/style.png`/`style_<i>.png`."""
-    return "inputs/style_mask.png" if index == 0 else f"inputs/style_mask_{index}.png"
+    """Where the mask of style image `index` (0-based) is stored, named as `style_artifact`."""
+    return style_artifact(index).replace("style", "style_mask", 1)
