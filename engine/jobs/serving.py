@@ -140,16 +140,23 @@ def run_claim(
 ) -> None:
     """Run one claimed batch and settle it in the ledger: done, or given back when interrupted.
     `between_steps(elapsed_s)` runs after each of its iterations (live previews)."""
+
+    def settle_then_publish(message: worker.Message) -> None:
+        # Done in the ledger before anyone hears of the end, so the queue's length agrees with a
+        # progress that says done (an interrupted job is given back below, after its message).
+        if isinstance(message, worker.Ended) and message.status in tracking.TERMINAL:
+            ledger.done([message.run_id])
+        publish(message)
+
     try:
         with CancelWatch(tracking_uri, claim.run_ids, local_cancel) as cancelled:
             ended = worker.run_batch(tracking_uri, claim.run_ids, device, cancelled=cancelled, interrupted=stop,
-                                     publish=publish, inputs=inputs, preview_every=preview_every,
+                                     publish=settle_then_publish, inputs=inputs, preview_every=preview_every,
                                      attempt=claim.attempt, fallback_dir=fallback_dir,
                                      between_steps=between_steps)  # fmt: skip
     except Exception:  # a bug in the bookkeeping itself: the jobs stay claimed, recovery retries them
         log.exception("Jobs %s failed in the worker", ", ".join(claim.run_ids))
         return
-    ledger.done([e.run_id for e in ended if e.status in tracking.TERMINAL])
     ledger.release([e.run_id for e in ended if e.status not in tracking.TERMINAL], owner)
 
 
