@@ -42,6 +42,9 @@ def _until(condition, timeout_s: float = 600.0) -> None:
         time.sleep(0.5)
 
 
+DONE_CAPTION = r" \(\d+\.\d s\)"  # a finished preview's caption ends with its seconds; a first look's with "…)"
+
+
 def _preview_now(page):
     return page.locator("[data-testid=stImage]").filter(has_text="now:")
 
@@ -69,7 +72,7 @@ def test_moving_a_lambda_slider_rerenders_the_preview_while_an_earlier_run_finis
     first = _preview_now(studio)
     # "size 64" when the 128-px preview of the defaults was done before the size was set (the runner's
     # page rendered those same settings already: a preview is not rendered twice), else "current settings"
-    first.get_by_text(re.compile(r"current settings|size 64")).wait_for()
+    first.get_by_text(re.compile(rf"(current settings|size 64){DONE_CAPTION}")).wait_for()
     first_src = first.locator("img").get_attribute("src")
     first.scroll_into_view_if_needed()
     shot(studio, "preview-1-first")
@@ -79,7 +82,7 @@ def test_moving_a_lambda_slider_rerenders_the_preview_while_an_earlier_run_finis
     for _ in range(30):
         slider.press("ArrowRight")  # 0.2 → 0.5, one rerun per key: each supersedes the last preview
     changed = _preview_now(studio)
-    changed.get_by_text(re.compile(r"λ relu3_1 0\.[3-9]")).wait_for()
+    changed.get_by_text(re.compile(rf"λ relu3_1 0\.[3-9]{DONE_CAPTION}")).wait_for()
     assert changed.locator("img").get_attribute("src") != first_src
     assert studio.locator("[data-testid=stImage]").filter(has_text="1 before").count() == 1  # the earlier stays
     assert studio.locator("[data-testid=stException]").count() == 0

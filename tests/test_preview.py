@@ -18,12 +18,14 @@ from engine.core.regions import Region
 from engine.jobs import JobSpec
 from engine.jobs.ledger import Ledger, owner_id
 from engine.jobs.preview import (
+    FIRST_LOOK_EVERY,
     PREVIEW_SIZE,
     PREVIEW_STEPS,
     PreviewRunner,
     preview_config,
     preview_images,
     preview_key,
+    render_preview,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -83,6 +85,42 @@ def test_a_runner_renders_a_preview_and_the_same_settings_are_not_rendered_twice
     assert Image.open(io.BytesIO(row.result)).size == (32, 24)
     assert _queue_preview(ledger, "b", SMALL, inputs) == preview_id  # already rendered: returned as it is
     assert not runner.idle(batch_waiting=lambda: False)  # nothing waits
+
+
+def test_a_running_preview_shows_its_image_so_far_every_few_iterations(tmp_path, inputs):
+    ledger = Ledger(tmp_path / "queue.db")
+    seen = []  # what a page reads of the row at each first look: (state, step, image size)
+    last_look = []
+
+    def render(claim, abandoned, show_step):
+        def show_and_read(image: bytes, step: int) -> None:
+            show_step(image, step)
+            row = ledger.preview(claim.id)
+            seen.append((row.state, row.step, Image.open(io.BytesIO(row.result)).size))
+            last_look[:] = [row.result]
+
+        return render_preview(claim, "cpu", abandoned, show_and_read)
+
+    preview_id = _queue_preview(ledger, "a", SMALL, inputs)  # 30 iterations at 32 px
+    assert PreviewRunner(ledger, "cpu", owner_id(), render=render).idle(batch_waiting=lambda: False)
+    looks = list(range(FIRST_LOOK_EVERY, PREVIEW_STEPS, FIRST_LOOK_EVERY))
+    assert seen == [("running", step, (32, 24)) for step in looks] and looks
+    done = ledger.preview(preview_id)
+    assert done.state == "done" and Image.open(io.BytesIO(done.result)).size == (32, 24)
+    assert done.result != last_look[0]  # the end replaced the first look
+
+
+def test_a_released_preview_forgets_its_first_look(tmp_path, inputs):
+    ledger = Ledger(tmp_path / "queue.db")
+    preview_id = _queue_preview(ledger, "a", SMALL, inputs)
+    claim = ledger.claim_preview("me")
+    ledger.show_preview_step(claim.id, inputs.content.png, FIRST_LOOK_EVERY)
+    assert ledger.preview(preview_id).result == inputs.content.png
+    ledger.release_preview(claim.id)  # its worker stopped: queued again, from the start
+    row = ledger.preview(preview_id)
+    assert (row.state, row.result, row.step) == ("queued", None, None)
+    ledger.show_preview_step(preview_id, inputs.content.png, FIRST_LOOK_EVERY)  # not running: nothing shown
+    assert ledger.preview(preview_id).result is None
 
 
 def test_an_idle_runner_waits_out_a_fresh_previews_debounce_and_renders_it(tmp_path, inputs):

@@ -78,8 +78,12 @@ def _strip() -> None:
                 st.image(row.result, caption=f"{title}: {entry['label']} ({row.seconds:.1f} s)", width="stretch")
             elif state in PENDING:
                 pending = True
-                st.caption(f"{title}: {entry['label']}")
-                st.caption(":material/hourglass_top: rendering the preview…")
+                if row.result is not None:  # a first look: the image so far
+                    st.image(row.result, caption=f"{title}: {entry['label']} (iteration {row.step} of "
+                             f"{PREVIEW_STEPS}…)", width="stretch")  # fmt: skip
+                else:
+                    st.caption(f"{title}: {entry['label']}")
+                    st.caption(":material/hourglass_top: rendering the preview…")
             elif state == "failed":
                 st.caption(f"{title}: {entry['label']}")
                 st.warning(f"The preview failed: {visitor_text(row.error)}", icon="⚠️")

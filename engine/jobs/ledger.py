@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS previews (
     owner      TEXT,
     seconds    REAL,
     result     BLOB,
+    step       INTEGER,
     error      TEXT
 );
 CREATE INDEX IF NOT EXISTS previews_queued ON previews (state, not_before);
@@ -129,13 +130,15 @@ class PreviewClaim:
 @dataclass(frozen=True)
 class PreviewRow:
     """What a page reads of a preview: `state` queued, running, done, failed or abandoned; the result
-    as PNG bytes once done; the seconds it took on the worker."""
+    as PNG bytes once done, or while running the image at iteration `step` (a first look); the seconds it
+    took on the worker."""
 
     id: str
     state: str
     result: bytes | None
     seconds: float | None
     error: str | None
+    step: int | None
 
 
 @dataclass(frozen=True)
@@ -385,15 +388,22 @@ class Ledger:
                 (state, result, seconds, error, preview_id),
             )
 
+    def show_preview_step(self, preview_id: str, image: bytes, step: int) -> None:
+        """A running preview's image so far (PNG bytes) at iteration `step`, for the page to show first."""
+        with self._connect() as db:
+            db.execute("UPDATE previews SET result = ?, step = ? WHERE id = ? AND state = 'running'",
+                       (image, step, preview_id))  # fmt: skip
+
     def release_preview(self, preview_id: str) -> None:
         """Give a claimed preview back (its worker stops): queued again, for the next worker."""
         with self._connect() as db:
-            db.execute("UPDATE previews SET state = 'queued', owner = NULL WHERE id = ? AND state = 'running'",
+            db.execute("UPDATE previews SET state = 'queued', owner = NULL, result = NULL, step = NULL "
+                       "WHERE id = ? AND state = 'running'",
                        (preview_id,))  # fmt: skip
 
     def preview(self, preview_id: str) -> PreviewRow | None:
         with self._connect() as db:
             row = db.execute(
-                "SELECT id, state, result, seconds, error FROM previews WHERE id = ?", (preview_id,)
+                "SELECT id, state, result, seconds, error, step FROM previews WHERE id = ?", (preview_id,)
             ).fetchone()
         return None if row is None else PreviewRow(*row)

@@ -8,7 +8,8 @@ workers as full runs, through the same ledger, at a priority that bounds what it
 - **Debounced, superseded**: a preview is claimable `DEBOUNCE_S` after it was asked for, and a newer one
   of the same slot (a browser session) abandons it, queued or running (the run stops at its next
   iteration). Asking again for settings already previewed returns that result at once. An idle worker
-  waits out a preview's debounce rather than its whole poll interval.
+  waits out a preview's debounce rather than its whole poll interval. Every `FIRST_LOOK_EVERY`
+  iterations the image so far goes to the ledger, so the page shows a first look before the end.
 - **Priority, and what it costs a full run** (`PreviewRunner`): a worker that is idle runs a waiting
   preview at once. Between two full batches it runs at most one preview before the next waiting batch,
   so a queued full run waits for at most one preview. While a full batch runs, a preview runs between
@@ -28,7 +29,7 @@ from engine.core import images
 from engine.core.config import TransferConfig
 from engine.core.errors import InputError
 from engine.core.images import Inputs
-from engine.core.transfer import transfer
+from engine.core.transfer import StepReport, transfer
 from engine.jobs.ledger import Ledger, PreviewClaim
 
 __all__ = [
@@ -50,6 +51,7 @@ DEBOUNCE_S = 0.3  # a slider moved again within this time supersedes the preview
 SHARE_OF_A_RUN = 0.25  # the most of a running full batch's time that previews may take
 FIRST_ESTIMATE_S = 3.0  # a preview's length before one has been measured on this worker
 LOOK_EVERY_S = 0.25  # inside a batch, how often a worker asks the ledger for a waiting preview
+FIRST_LOOK_EVERY = 10  # iterations: the page shows the image so far, before the preview ends (README)
 
 
 def preview_config(config: TransferConfig) -> TransferConfig:
@@ -70,15 +72,26 @@ def preview_images(inputs: Inputs) -> list[tuple[str, bytes]]:
     return [(i.sha256, i.png) for i in (inputs.content, *inputs.styles, *([inputs.mask] if inputs.mask else []))]
 
 
-def render_preview(claim: PreviewClaim, device: str, abandoned: Callable[[], bool]) -> tuple[bytes | None, str | None]:
+def render_preview(
+    claim: PreviewClaim,
+    device: str,
+    abandoned: Callable[[], bool],
+    show_step: Callable[[bytes, int], None] | None = None,
+) -> tuple[bytes | None, str | None]:
     """Render a claimed preview on `device`: (PNG bytes, None), or (None, why it failed); (None, None) when
-    `abandoned()` turned true first."""
+    `abandoned()` turned true first. `show_step(png, step)` gets the image every `FIRST_LOOK_EVERY`
+    iterations before the last."""
+
+    def on_step(report: StepReport) -> None:
+        if show_step is not None and report.step % FIRST_LOOK_EVERY == 0 and report.step < report.total_steps:
+            show_step(images.image_to_png_bytes(report.image()), report.step)
+
     try:
         config = TransferConfig.from_json(claim.config)
         styles, mask = (claim.styles[:-1], claim.styles[-1]) if config.regions else (claim.styles, None)
         inputs = Inputs.decode(claim.content, styles, mask)
-        out = transfer(inputs.content.image, inputs.style_images, config, should_stop=abandoned, device=device,
-                       mask=inputs.mask_image)  # fmt: skip
+        out = transfer(inputs.content.image, inputs.style_images, config, on_step=on_step, should_stop=abandoned,
+                       device=device, mask=inputs.mask_image)  # fmt: skip
         return (None if out.stopped == "cancelled" else images.image_to_png_bytes(out.image)), None
     except InputError as e:
         return None, str(e)
@@ -87,8 +100,8 @@ def render_preview(claim: PreviewClaim, device: str, abandoned: Callable[[], boo
         return None, f"the preview failed ({type(e).__name__})"
 
 
-# (claim, abandoned) -> (PNG bytes or None, error or None), as `render_preview`
-Render = Callable[[PreviewClaim, Callable[[], bool]], tuple[bytes | None, str | None]]
+# (claim, abandoned, show_step) -> (PNG bytes or None, error or None), as `render_preview`
+Render = Callable[[PreviewClaim, Callable[[], bool], Callable[[bytes, int], None]], tuple[bytes | None, str | None]]
 
 
 class PreviewRunner:
@@ -106,7 +119,9 @@ class PreviewRunner:
     ) -> None:
         self.ledger, self.owner, self.stop = ledger, owner, stop
         # where a preview renders: on this worker's device, or elsewhere (a Ray task, `engine.jobs.ray_backend`)
-        self.render = render or (lambda claim, abandoned: render_preview(claim, device, abandoned))
+        self.render = render or (
+            lambda claim, abandoned, show_step: render_preview(claim, device, abandoned, show_step)
+        )
         self.estimate_s = FIRST_ESTIMATE_S  # the last preview's length
         self.ran_since_batch = False  # a preview ran since the last full batch started
         self.spent_in_batch = 0.0  # seconds of previews during the running batch
@@ -174,7 +189,13 @@ class PreviewRunner:
             checked[0] = now
             return self.ledger.preview_abandoned(claim.id)
 
-        result, error = self.render(claim, abandoned)
+        def show_step(image: bytes, step: int) -> None:
+            try:
+                self.ledger.show_preview_step(claim.id, image, step)
+            except Exception as e:  # a first look is a nicety: the preview goes on
+                log.warning("Could not show preview %s at iteration %d: %s", claim.id, step, e)
+
+        result, error = self.render(claim, abandoned, show_step)
         seconds = time.perf_counter() - start
         try:
             if self.stop() and result is None and error is None:

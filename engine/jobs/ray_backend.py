@@ -231,8 +231,11 @@ class RayWorkers:
             with contextlib.suppress(Exception):
                 queue._apply(message)
 
-    def _render_remote(self, claim: PreviewClaim, abandoned: Callable[[], bool]) -> tuple[bytes | None, str | None]:
-        """Render a preview as a Ray task on this slot's resources; cancel the task once it is abandoned."""
+    def _render_remote(
+        self, claim: PreviewClaim, abandoned: Callable[[], bool], show_step: Callable[[bytes, int], None]
+    ) -> tuple[bytes | None, str | None]:
+        """Render a preview as a Ray task on this slot's resources; cancel the task once it is abandoned.
+        The task returns only its result, so the page shows no first look (`show_step` goes unused)."""
         ray = self._ray
         ref = self._preview_task.remote(claim)
         while not ray.wait([ref], timeout=0.1)[0]:
