@@ -5,11 +5,12 @@ One real `streamlit run app.py` (loopback, a fresh SQLite store, the default pro
 `benchmarks/watchers.py`) and one headless Chromium. The studio takes the sample images at 256 px, the
 live preview is switched on, and after its first preview the λ relu3_1 slider is moved one step at a
 time (the arrow key), `--moves` times. Each time: seconds from the key press until the preview strip
-shows the new setting's image (a finished preview whose caption names the new λ), and the worker's own
-seconds for it (the caption's), with the CPU seconds the Streamlit server, its worker process and the
+shows the new setting's first look (its image so far, "iteration …"; None when the strip went straight
+to the end) and its finished image (a caption that names the new λ and ends with the worker's seconds),
+the worker's own seconds for it, and the CPU seconds the Streamlit server, its worker process and the
 browser used meanwhile. Prints one JSON line with the load average.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/preview_browser.py [--moves 5]
+    PYTHONPATH=. .venv/bin/python benchmarks/preview_browser.py [--moves 5] [--shot docs/preview.png]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from benchmarks.watchers import CHROMIUM, CHROMIUM_ARGS, App, browsers_cpu, cpu_
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--moves", type=int, default=5)
+    parser.add_argument("--shot", type=Path, help="save a screenshot of the strip at the last move's first look")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -49,7 +51,7 @@ def main() -> None:
             now = page.locator("[data-testid=stImage]").filter(has_text="now:")
             now.get_by_text("current settings").wait_for()  # the first preview (a cold worker)
             slider = page.get_by_role("slider", name="λ relu3_1")
-            seen, worker, server_cpu, worker_cpu, browser_cpu = [], [], [], [], []
+            seen, first_looks, worker, server_cpu, worker_cpu, browser_cpu = [], [], [], [], [], []
             server = app.proc.pid
 
             def cpu() -> tuple[float, float, float]:  # the server, its worker process(es), the browser
@@ -62,10 +64,23 @@ def main() -> None:
                 slider.focus()
                 start, cpu_before = time.perf_counter(), cpu()
                 slider.press("ArrowRight")
-                # the strip shows the new setting's image: a finished preview whose caption names a new λ
-                while not (text := now.inner_text(timeout=180_000)) or text == before or "λ relu3_1" not in text:
+                # the strip shows the new setting's image: a first look ("iteration"), then the finished
+                # preview, whose caption names a new λ and ends with its seconds
+                first_look = None
+                while True:
+                    text = now.inner_text(timeout=180_000)
+                    if text and text != before and "λ relu3_1" in text:
+                        if "iteration" not in text:
+                            break
+                        if first_look is None:
+                            first_look = time.perf_counter() - start
+                            if args.shot:
+                                now.screenshot(path=args.shot.with_name(f"{args.shot.stem}-first-look.png"))
                     time.sleep(0.02)
                 seen.append(time.perf_counter() - start)
+                if args.shot:
+                    now.screenshot(path=args.shot.with_name(f"{args.shot.stem}-finished.png"))
+                first_looks.append(None if first_look is None else round(first_look, 2))
                 used = [after - was for after, was in zip(cpu(), cpu_before, strict=True)]
                 for figures, value in zip((server_cpu, worker_cpu, browser_cpu), used, strict=True):
                     figures.append(round(value, 2))
@@ -73,7 +88,7 @@ def main() -> None:
             browser.close()
     finally:
         app.stop()
-    row = {"moves": args.moves, "key_to_image_s": [round(s, 2) for s in seen],
+    row = {"moves": args.moves, "key_to_first_look_s": first_looks, "key_to_image_s": [round(s, 2) for s in seen],
            "median_key_to_image_s": round(statistics.median(seen), 2),
            "worker_s": worker, "cpu_s_server": server_cpu, "cpu_s_worker": worker_cpu,
            "cpu_s_browser": browser_cpu, "load": Path("/proc/loadavg").read_text().split()[0]}  # fmt: skip
