@@ -249,19 +249,22 @@ def make_queue(tmp_path) -> Iterator[Callable[..., JobQueue]]:
 
 
 @pytest.fixture(scope="module")
-def start_streamlit() -> Iterator[Callable[[str], str]]:
+def start_streamlit(tmp_path_factory) -> Iterator[Callable[[str], str]]:
     """`start(tracking_uri, **env) -> base URL`: serves the app against that store, with extra environment
-    variables, until the module's tests end."""
+    variables, until the module's tests end. Its output goes to a file (`app.log` in a fresh folder): a pipe
+    nobody reads would block the app once it filled."""
     procs: list[subprocess.Popen] = []
 
     def start(tracking_uri: str, **env: str) -> str:
         port = free_port()
         env = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(ROOT)} | env
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+        log_path = tmp_path_factory.mktemp("streamlit") / "app.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                 "--server.address", "127.0.0.1", "--server.headless", "true"],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 60
@@ -272,7 +275,7 @@ def start_streamlit() -> Iterator[Callable[[str], str]]:
             except OSError:
                 time.sleep(0.3)
         proc.kill()
-        pytest.fail(f"streamlit did not start: {proc.stdout.read().decode()[-2000:]}")
+        pytest.fail(f"streamlit did not start: {log_path.read_text(errors='replace')[-2000:]}")
 
     yield start
     for proc in procs:

@@ -153,6 +153,7 @@ def test_the_studio_works_through_nginx_and_nginx_refuses_an_upload_over_the_lim
         assert 2 * 2**20 < len(big) < 50 * 2**20  # over nginx's default 1m, under the app's limit
         files = page.locator("input[type=file]")
         files.nth(0).set_input_files(upload("photo.png", big))
+        page.get_by_text("The server has your content image").wait_for()  # then the style (as upload_inputs)
         files.nth(1).set_input_files(upload("style.png", style_png))
         page.get_by_text("content, 1000×1000").wait_for()
         assert uploads == [204, 204]

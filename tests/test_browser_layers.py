@@ -46,8 +46,8 @@ def test_layers_page_shows_feature_maps_and_a_reconstruction_strip(server, brows
     page.get_by_text("Upload an image (or pick a recent run)").wait_for()
     uploads = page.locator("input[type=file]")
     uploads.nth(0).set_input_files(str(small_inputs[0]))
+    page.get_by_text("Strongest 16 channels of relu3_1").wait_for()  # the server has C: only now S (as upload_inputs)
     uploads.nth(1).set_input_files(str(small_inputs[1]))
-    page.get_by_text("Strongest 16 channels of relu3_1").wait_for()
     page.get_by_text("that excite ch").wait_for()
     page.get_by_text("J_style[relu1_1] of content against S").wait_for(timeout=120_000)  # slow on a busy CI
     shot(page, "1-activations")

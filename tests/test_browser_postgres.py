@@ -12,7 +12,7 @@ import re
 
 import psycopg
 import pytest
-from browser_helpers import BROWSER_TEST, set_number, shot
+from browser_helpers import BROWSER_TEST, set_number, shot, upload_inputs
 from mlflow import MlflowClient
 
 from engine.core.samples import sample_path
@@ -40,10 +40,7 @@ def test_a_run_from_the_studio_lands_in_postgresql_and_its_permalink_shows_the_r
     page = context.new_page()
     page.set_default_timeout(60_000)
     page.goto(app)
-    page.get_by_text("Upload a content image").wait_for()
-    uploads = page.locator("input[type=file]")
-    uploads.nth(0).set_input_files(str(sample_path("tubingen.jpg")))
-    uploads.nth(1).set_input_files(str(sample_path("starry_night.jpg")))
+    upload_inputs(page, sample_path("tubingen.jpg"), [sample_path("starry_night.jpg")])
     page.get_by_text("Estimate on").wait_for(timeout=180_000)  # the app's job queue is up (slow on a busy machine)
     set_number(page, "Size (long side, px)", 64)
     set_number(page, "Steps", STEPS)
