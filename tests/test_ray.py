@@ -29,7 +29,7 @@ from PIL import Image  # noqa: E402
 from engine import tracking  # noqa: E402
 from engine.core.config import TransferConfig  # noqa: E402
 from engine.core.images import Inputs  # noqa: E402
-from engine.jobs import JobSpec  # noqa: E402
+from engine.jobs import JobSpec, preview  # noqa: E402
 
 pytestmark = [pytest.mark.slow]
 
@@ -143,8 +143,16 @@ def test_cancel_reaches_a_remote_job(ray_cluster, uri, make_queue, content_png, 
 
 
 def test_a_live_preview_renders_as_a_ray_task_and_a_newer_one_cancels_it(ray_cluster, uri, make_queue, content_png,
-                                                                          style_png):  # fmt: skip
+                                                                          style_png, monkeypatch):  # fmt: skip
     queue = make_queue(uri, backend="ray", devices=None)
+    looks = []  # the first looks the driver passed on from the task's stream: (preview, step, image size)
+    show = queue.ledger.show_preview_step
+
+    def show_and_note(preview_id, image, step):
+        looks.append((preview_id, step, Image.open(io.BytesIO(image)).size))
+        show(preview_id, image, step)
+
+    monkeypatch.setattr(queue.ledger, "show_preview_step", show_and_note)
     inputs = Inputs.decode(content_png, [style_png])
     setting = TransferConfig(size=96, coarse_levels=0)
     first = queue.submit_preview("session", setting, inputs)
@@ -155,5 +163,8 @@ def test_a_live_preview_renders_as_a_ray_task_and_a_newer_one_cancels_it(ray_clu
     assert done.state == "done", done.error
     image = Image.open(io.BytesIO(done.result))
     assert max(image.size) == 96  # the setting's own size, under the preview's 128 px
+    steps = range(preview.FIRST_LOOK_EVERY, preview.PREVIEW_STEPS, preview.FIRST_LOOK_EVERY)  # 10, 20
+    assert [step for p, step, _ in looks if p == newer] == list(steps)
+    assert all(size == image.size for _, _, size in looks)
     assert len(tracking.list_runs(uri)) == 0  # a preview is not an MLflow run
     assert queue.preview(first).state == "abandoned"

@@ -12,8 +12,9 @@ package with the tasks (`runtime_env` py_modules) unless STYLELAB_RAY_SHIP_CODE=
 - Progress: nothing comes back while a task runs (`reports_progress = False`): the run page reads the
   live metrics from MLflow, flushed every `flush_every` steps.
 - Live previews: a slot with no batch claims a waiting preview from the ledger and renders it as a Ray
-  task on the slot's GPU or CPU (`preview_remote`), at most one between two batches when a batch waits;
-  a newer preview cancels the task (`ray.cancel`). None runs inside a remote batch.
+  generator task on the slot's GPU or CPU (`preview_remote`, which streams its first looks), at most one
+  between two batches when a batch waits; a newer preview cancels the task (`ray.cancel`). None runs
+  inside a remote batch.
 - Cancel: `JobQueue.cancel` sets the store's `cancel_requested` tag, which the task's own `CancelWatch`
   polls.
 - Shut down: a small flag actor tells running tasks to stop after their step; their jobs go back to
@@ -32,8 +33,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from queue import SimpleQueue
 from typing import TYPE_CHECKING
 
 from engine import tracking
@@ -135,10 +137,30 @@ def _task_device() -> str:
     return "cuda:0" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
 
 
-def preview_remote(claim: PreviewClaim) -> tuple[bytes | None, str | None]:
-    """The Ray task of a live preview: render it here (`preview.render_preview`). An abandoned preview is
-    stopped by `ray.cancel` from the driver, which holds the ledger."""
-    return preview.render_preview(claim, _task_device(), abandoned=lambda: False)
+def preview_remote(claim: PreviewClaim) -> Iterator[tuple]:
+    """The Ray generator task of a live preview: render it here (`preview.render_preview`) and stream
+    ("look", png, step) for each first look, then ("end", png or None, error or None). An abandoned preview
+    is stopped by `ray.cancel` from the driver, which holds the ledger."""
+    streamed: SimpleQueue[tuple] = SimpleQueue()
+    stopped = threading.Event()
+
+    def render() -> None:
+        end = (None, "the preview failed in its Ray task")  # render_preview returns its own errors
+        try:
+            end = preview.render_preview(claim, _task_device(), abandoned=stopped.is_set,
+                                         show_step=lambda png, step: streamed.put(("look", png, step)))  # fmt: skip
+        finally:
+            streamed.put(("end", *end))
+
+    # Rendered in a thread so this generator can yield between iterations; a cancel (KeyboardInterrupt
+    # here) or the end stops the render at its next iteration.
+    threading.Thread(target=render, name=f"preview-{claim.id}", daemon=True).start()
+    try:
+        while (item := streamed.get())[0] != "end":
+            yield item
+        yield item
+    finally:
+        stopped.set()
 
 
 class RayWorkers:
@@ -234,19 +256,26 @@ class RayWorkers:
     def _render_remote(
         self, claim: PreviewClaim, abandoned: Callable[[], bool], show_step: Callable[[bytes, int], None]
     ) -> tuple[bytes | None, str | None]:
-        """Render a preview as a Ray task on this slot's resources; cancel the task once it is abandoned.
-        The task returns only its result, so the page shows no first look (`show_step` goes unused)."""
+        """Render a preview as a Ray generator task on this slot's resources, passing its first looks on;
+        cancel the task once it is abandoned."""
         ray = self._ray
-        ref = self._preview_task.remote(claim)
-        while not ray.wait([ref], timeout=0.1)[0]:
+        stream = self._preview_task.remote(claim)
+        while True:
             if abandoned():
-                ray.cancel(ref)
+                ray.cancel(stream)
                 return None, None
-        try:
-            return ray.get(ref)
-        except ray.exceptions.RayError as e:
-            log.warning("Preview %s: its Ray task failed: %s", claim.id, tracking.short_error(e))
-            return None, f"the preview failed (its Ray task: {type(e).__name__})"
+            if not ray.wait([stream], timeout=0.1)[0]:
+                continue
+            try:
+                kind, *rest = ray.get(next(stream))
+            except StopIteration:
+                return None, "the preview failed (its Ray task ended without a result)"
+            except ray.exceptions.RayError as e:
+                log.warning("Preview %s: its Ray task failed: %s", claim.id, tracking.short_error(e))
+                return None, f"the preview failed (its Ray task: {type(e).__name__})"
+            if kind == "end":
+                return rest[0], rest[1]
+            show_step(*rest)
 
     def _failed(self, claim: Claim, error: Exception) -> None:
         """The task died with its Ray worker or node (or could not run): its runs end FAILED, once."""
