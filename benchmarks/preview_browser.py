@@ -29,7 +29,7 @@ from benchmarks.watchers import CHROMIUM, CHROMIUM_ARGS, App, browsers_cpu, cpu_
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--moves", type=int, default=5)
-    parser.add_argument("--shot", type=Path, help="save a screenshot of the strip at the last move's first look")
+    parser.add_argument("--shot", type=Path, help="save the last move's first look and end")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 

@@ -80,7 +80,7 @@ def _strip() -> None:
                 pending = True
                 if row.result is not None:  # a first look: the image so far
                     st.image(row.result, caption=f"{title}: {entry['label']} (iteration {row.step} of "
-                             f"{PREVIEW_STEPS}…)", width="stretch")  # fmt: skip
+                             f"{entry['params']['steps']}…)", width="stretch")  # fmt: skip
                 else:
                     st.caption(f"{title}: {entry['label']}")
                     st.caption(":material/hourglass_top: rendering the preview…")
